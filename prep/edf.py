@@ -1,0 +1,286 @@
+"""Readers for the ISBI 2014 inputs: EDF PNG pairs (``EDFnnn.png`` + ``EDFnnn_GT.png``) and the synthetic
+MATLAB sets (``isbi_train.mat`` + ``isbi_train_GT.mat``; v5 via scipy, v7.3/HDF5 via h5py).
+
+Discovery checks every pair before any work starts (names, PNG signature and end chunk, sizes from the
+PNG header), so a bad input stops the run before a single tile is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import struct
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prep.imageio import PNG_END, PNG_SIGNATURE, ImageReadError, read_image, read_mask, to_rgb
+
+GT_SUFFIX = "_GT"
+IMAGE_SUFFIXES = (".png",)
+MAT_SUFFIX = ".mat"
+
+
+class InputError(ValueError):
+    """A problem with the input files; the message names the file."""
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """One source image: a PNG pair, or one entry of a pair of .mat files."""
+
+    name: str
+    image_path: Path
+    mask_path: Path
+    index: int | None = None  # entry in a .mat cell array
+    image_key: str | None = None
+    mask_key: str | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(height, width) from a PNG's header, checking the signature and end chunk without decoding."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(33)
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 64))
+            tail = handle.read()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read file ({err.strerror})") from err
+    if not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        raise InputError(f"{path}: not a PNG image (no PNG signature)")
+    if not tail.rstrip(b"\x00").endswith(PNG_END):
+        raise InputError(f"{path}: truncated PNG (no IEND chunk)")
+    width, height = struct.unpack(">II", head[16:24])
+    return height, width
+
+
+def _normalise_exclusions(exclude: Sequence[str]) -> set[str]:
+    return {Path(name).stem for name in exclude}
+
+
+def discover_png_pairs(input_dir: Path, masks_dir: Path | None = None,
+                       exclude: Sequence[str] = ()) -> list[SourceRef]:
+    """Pair ``EDFnnn.png`` with ``EDFnnn_GT.png`` (in ``masks_dir`` when given, where ``EDFnnn.png`` also
+    counts as the GT). Unrelated files are ignored with a warning; unpaired files are errors."""
+    if not input_dir.is_dir():
+        raise InputError(f"{input_dir}: input folder does not exist")
+    mask_folder = masks_dir or input_dir
+    if masks_dir is not None and not masks_dir.is_dir():
+        raise InputError(f"{masks_dir}: --masks folder does not exist")
+
+    images: dict[str, Path] = {}
+    masks: dict[str, Path] = {}
+    for path in sorted(input_dir.iterdir()):
+        if path.is_dir() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            warnings.warn(f"ignoring {path} (not a .png image)", stacklevel=2)
+            continue
+        if path.stem.endswith(GT_SUFFIX):
+            if masks_dir is None:
+                masks[path.stem[: -len(GT_SUFFIX)]] = path
+            continue
+        images[path.stem] = path
+    if masks_dir is not None:
+        for path in sorted(masks_dir.iterdir()):
+            if path.is_dir() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            stem = path.stem[: -len(GT_SUFFIX)] if path.stem.endswith(GT_SUFFIX) else path.stem
+            if stem in masks and masks[stem] != path:
+                raise InputError(f"{path}: two ground-truth files for {stem} ({masks[stem].name} too)")
+            masks[stem] = path
+
+    excluded = _normalise_exclusions(exclude)
+    unknown = sorted(excluded - set(images))
+    if unknown:
+        raise InputError(f"--exclude {', '.join(unknown)}: no such image in {input_dir}")
+    if not images and not masks:
+        raise InputError(f"{input_dir}: no EDF images (*.png with *_GT.png) found")
+    orphans = sorted(set(masks) - set(images))
+    if orphans and masks_dir is None:
+        raise InputError(f"{masks[orphans[0]]}: ground truth without image ({orphans[0]}.png missing)")
+    missing = sorted(set(images) - set(masks))
+    if missing:
+        expected = mask_folder / f"{missing[0]}{GT_SUFFIX}.png"
+        raise InputError(f"{images[missing[0]]}: image without ground truth ({expected} missing)")
+
+    refs = [SourceRef(stem, images[stem], masks[stem]) for stem in sorted(images) if stem not in excluded]
+    if not refs:
+        raise InputError(f"{input_dir}: every image is excluded by --exclude")
+    for ref in refs:
+        image_size = png_size(ref.image_path)
+        mask_size = png_size(ref.mask_path)
+        if image_size != mask_size:
+            raise InputError(
+                f"{ref.mask_path}: size {mask_size[1]}×{mask_size[0]} differs from its image "
+                f"{ref.image_path.name} ({image_size[1]}×{image_size[0]})"
+            )
+    return refs
+
+
+# ---------------------------------------------------------------------------------------------- .mat
+
+def _is_hdf5(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(8) == b"\x89HDF\r\n\x1a\n" or _has_hdf5_at_512(handle)
+
+
+def _has_hdf5_at_512(handle) -> bool:
+    # MATLAB v7.3 files start with a 512-byte text header, then the HDF5 superblock.
+    handle.seek(512)
+    return handle.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def _variables_v5(path: Path) -> dict[str, object]:
+    import scipy.io
+
+    try:
+        return {k: v for k, v in scipy.io.loadmat(str(path)).items() if not k.startswith("__")}
+    except Exception as err:  # scipy raises several types for corrupt files
+        raise InputError(f"{path}: cannot read MATLAB file ({err})") from err
+
+
+def _hdf5_value(handle, node) -> object:
+    """A MATLAB v7.3 variable as numpy: cells (object references) as object arrays, matrices transposed
+    back to MATLAB's row/column order."""
+    import h5py
+
+    value = node[()]
+    if h5py.check_dtype(ref=node.dtype) is not None:
+        cells = np.empty(value.shape, dtype=object)
+        for position, ref in np.ndenumerate(value):
+            cells[position] = _hdf5_value(handle, handle[ref])
+        return cells.T
+    return np.asarray(value).T
+
+
+def _variables_v73(path: Path) -> dict[str, object]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            return {k: _hdf5_value(handle, handle[k]) for k in handle if not k.startswith("#")}
+    except OSError as err:
+        raise InputError(f"{path}: cannot read MATLAB v7.3 file ({err})") from err
+
+
+@functools.lru_cache(maxsize=4)
+def mat_variables(path: Path) -> dict[str, object]:
+    if not path.is_file():
+        raise InputError(f"{path}: file does not exist")
+    return _variables_v73(path) if _is_hdf5(path) else _variables_v5(path)
+
+
+def _entries(value: object) -> list[object]:
+    """Split a MATLAB variable into per-image entries: a cell array's cells, or the pages of H×W×N."""
+    array = np.asarray(value)
+    if array.dtype == object:
+        return list(array.ravel(order="F"))
+    if array.ndim == 2:
+        return [array]
+    if array.ndim == 3:
+        return [array[:, :, i] for i in range(array.shape[2])]
+    raise ValueError(f"unexpected array of shape {array.shape}")
+
+
+def _merge_masks(entry: object) -> np.ndarray:
+    """A nucleus annotation entry: one mask, or a cell of per-nucleus masks (OR-ed together)."""
+    array = np.asarray(entry)
+    if array.dtype == object:
+        parts = [_merge_masks(cell) for cell in array.ravel() if np.asarray(cell).size]
+        if not parts:
+            raise ValueError("empty cell in nucleus annotations")
+        return np.logical_or.reduce(parts)
+    return array > 0
+
+
+def _pick_key(variables: dict[str, object], wanted: str | None, path: Path, pattern: str | None) -> str:
+    if wanted:
+        if wanted not in variables:
+            raise InputError(f"{path}: no variable {wanted!r} (has {', '.join(sorted(variables))})")
+        return wanted
+    names = sorted(variables)
+    if pattern:
+        matching = [n for n in names if re.search(pattern, n, re.IGNORECASE)]
+        if len(matching) == 1:
+            return matching[0]
+    if len(names) == 1:
+        return names[0]
+    raise InputError(f"{path}: cannot tell which variable to use among {', '.join(names)}")
+
+
+def discover_mat_pair(image_path: Path, mask_path: Path | None, image_key: str | None = None,
+                      mask_key: str | None = None, exclude: Sequence[str] = ()) -> list[SourceRef]:
+    """Sources from an ISBI synthetic set: entry i of the image variable with entry i of the nuclei."""
+    if mask_path is None:
+        raise InputError(f"{image_path}: a .mat input needs --masks with the *_GT.mat file")
+    images = mat_variables(image_path)
+    masks = mat_variables(mask_path)
+    image_key = _pick_key(images, image_key, image_path, r"isbi|train|test|image")
+    mask_key = _pick_key(masks, mask_key, mask_path, r"nuclei")
+    try:
+        n_images = len(_entries(images[image_key]))
+        n_masks = len(_entries(masks[mask_key]))
+    except ValueError as err:
+        raise InputError(f"{image_path}: {err}") from err
+    if n_images != n_masks:
+        raise InputError(f"{mask_path}: {n_masks} nucleus annotations for {n_images} images in {image_path}")
+    stem = image_path.stem
+    names = [f"{stem}_{i:03d}" for i in range(n_images)]
+    excluded = _normalise_exclusions(exclude)
+    unknown = sorted(excluded - set(names))
+    if unknown:
+        raise InputError(f"--exclude {', '.join(unknown)}: no such entry in {image_path}")
+    refs = [SourceRef(name, image_path, mask_path, i, image_key, mask_key)
+            for i, name in enumerate(names) if name not in excluded]
+    for ref in refs:
+        image, mask = load_source(ref)
+        if image.shape[:2] != mask.shape:
+            raise InputError(f"{mask_path}: entry {ref.index} is {mask.shape[1]}×{mask.shape[0]}, its image "
+                             f"is {image.shape[1]}×{image.shape[0]}")
+    return refs
+
+
+def _mat_image(value: object) -> np.ndarray:
+    array = np.asarray(value)
+    if np.issubdtype(array.dtype, np.floating) and array.size and float(np.nanmax(array)) > 1.0:
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)  # 0..255 stored as double
+    return to_rgb(array)
+
+
+def load_source(ref: SourceRef, mask_rule: str = "nonzero") -> tuple[np.ndarray, np.ndarray]:
+    """(RGB uint8 image, boolean nucleus mask) of one source."""
+    if ref.index is None:
+        image = read_image(ref.image_path)
+        mask = read_mask(ref.mask_path, mask_rule)
+        if image.shape[:2] != mask.shape:
+            raise ImageReadError(f"{ref.mask_path}: size differs from its image {ref.image_path.name}")
+        return image, mask
+    image = _mat_image(_entries(mat_variables(ref.image_path)[ref.image_key])[ref.index])
+    mask = _merge_masks(_entries(mat_variables(ref.mask_path)[ref.mask_key])[ref.index])
+    return image, mask
+
+
+def discover(input_path: Path, masks: Path | None = None, exclude: Sequence[str] = (),
+             image_key: str | None = None, mask_key: str | None = None) -> list[SourceRef]:
+    """Sources of a PNG folder or of a .mat pair."""
+    if input_path.suffix.lower() == MAT_SUFFIX:
+        return discover_mat_pair(input_path, masks, image_key, mask_key, exclude)
+    if input_path.is_file():
+        raise InputError(f"{input_path}: --input must be a folder of EDF images or a .mat file")
+    return discover_png_pairs(input_path, masks, exclude)
