@@ -20,7 +20,7 @@ from click.testing import CliRunner
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prep.augment import AugOptions, apply, barrel_map, barrel_map_naive, plan  # noqa: E402
+from prep.augment import AugOptions, apply, barrel_map, barrel_map_naive, barrel_remap_tables, plan  # noqa: E402
 from prep.cli import cli  # noqa: E402
 from prep.imageio import read_image, read_mask  # noqa: E402
 from prep.synth import synth_field, write_sample  # noqa: E402
@@ -53,10 +53,17 @@ def augmentation_timings() -> dict:
     cx, cy = barrel.params["center"]
     start = time.perf_counter()
     barrel_map.cache_clear()
-    barrel_map(512, 512, cx, cy, barrel.params["radius"], barrel.params["amount"])
+    barrel_remap_tables.cache_clear()
+    barrel_remap_tables(512, 512, cx, cy, barrel.params["radius"], barrel.params["amount"])
     map_ms = 1000 * (time.perf_counter() - start)
     rng = np.random.default_rng(0)
     barrel_ms = median_ms(lambda: apply(barrel, image, mask), 50)
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as inside `prep run`, where processes (--workers) are the parallelism
+    barrel_1thread_ms = median_ms(lambda: apply(barrel, image, mask), 50)
+    cv2.setNumThreads(threads)
     elastic_ms = median_ms(lambda: apply(specs["elastic"], image, mask, rng), 10)
     distortion_ms = median_ms(lambda: apply(specs["distort"], image, mask, rng), 10)
 
@@ -67,7 +74,8 @@ def augmentation_timings() -> dict:
         remap(image, mask, *maps)
 
     naive_ms = median_ms(naive_tile, 3)
-    return {"tile": origin, "barrel_ms": barrel_ms, "barrel_map_first_ms": map_ms, "elastic_ms": elastic_ms,
+    return {"tile": origin, "barrel_ms": barrel_ms, "barrel_1thread_ms": barrel_1thread_ms,
+            "barrel_map_first_ms": map_ms, "elastic_ms": elastic_ms,
             "distortion_ms": distortion_ms, "naive_barrel_ms": naive_ms, "barrel_speedup": naive_ms / barrel_ms}
 
 
@@ -102,7 +110,9 @@ def main() -> None:
     figures = augmentation_timings()
     print(f"barrel tile (cached map, image+mask): {figures['barrel_ms']:.2f} ms; per-pixel Python loop: "
           f"{figures['naive_barrel_ms']:.0f} ms → {figures['barrel_speedup']:.0f}× "
-          f"(first map {figures['barrel_map_first_ms']:.1f} ms) on a {figures['tile']}")
+          f"(first map {figures['barrel_map_first_ms']:.1f} ms) on a {figures['tile']}; with OpenCV on one "
+          f"thread {figures['barrel_1thread_ms']:.2f} ms → "
+          f"{figures['naive_barrel_ms'] / figures['barrel_1thread_ms']:.0f}×")
     print(f"elastic tile: {figures['elastic_ms']:.2f} ms; random-field distortion: {figures['distortion_ms']:.2f} ms")
 
     with tempfile.TemporaryDirectory(prefix="bench-prep-") as tmp:
@@ -127,6 +137,8 @@ def main() -> None:
         "barrel_ms": round(figures["barrel_ms"], 3),
         "naive_barrel_ms": round(figures["naive_barrel_ms"], 1),
         "barrel_speedup": round(figures["barrel_speedup"], 1),
+        "barrel_1thread_ms": round(figures["barrel_1thread_ms"], 3),
+        "barrel_1thread_speedup": round(figures["naive_barrel_ms"] / figures["barrel_1thread_ms"], 1),
         "barrel_map_first_ms": round(figures["barrel_map_first_ms"], 2),
         "elastic_ms": round(figures["elastic_ms"], 3),
         "distortion_ms": round(figures["distortion_ms"], 3),
