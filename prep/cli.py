@@ -188,8 +188,6 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
         raise click.ClickException(f"{output_path} exists (use --overwrite to replace it)")
     if output_path.exists() and not output_path.is_dir():
         raise click.ClickException(f"{output_path} exists and is not a folder")
-    if not output_path.parent.is_dir():
-        raise click.ClickException(f"{output_path.parent}: parent folder of --output does not exist")
 
     try:
         sources = discover(input_path.expanduser(), masks_path.expanduser() if masks_path else None,
@@ -201,6 +199,10 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
     for split in SPLITS:
         names = assignment[split]
         click.echo(f"{split:>5}: {len(names):3d} source(s) {' '.join(names)}", err=True)
+    try:
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise click.ClickException(f"{output_path.parent}: cannot create the folder of --output ({err})") from err
     settings = TileSettings(tile_size=tile_size, skip_empty=skip_empty, mask_rule=mask_rule, seed=seed,
                             png_compression=png_compression, augmentations=specs, augment_splits=augmented)
     parameters = {

@@ -89,6 +89,13 @@ def test_same_inputs_and_seed_give_identical_bytes_whatever_the_workers(edf_fold
     assert tree_digest(other, skip=("prep.json",)) != digests[0]
 
 
+def test_missing_parent_folders_are_created(edf_folder: Path, tmp_path: Path):
+    out = tmp_path / "new" / "deeper" / "out"
+    result = run_prep("--input", edf_folder, "--output", out, "--no-augment", *FAST)
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.csv").is_file()
+
+
 def test_existing_output_needs_overwrite(edf_folder: Path, tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()
