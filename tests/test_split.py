@@ -23,7 +23,8 @@ def test_every_source_in_exactly_one_split(n, ratios, seed):
     for split, ratio in zip(SPLITS, ratios, strict=True):
         if ratio == 0:
             assert not assignment[split]
-        assert abs(len(assignment[split]) - n * ratio) < 1 + 1e-9 or len(assignment[split]) <= 1
+        # Rounding moves a split by < 1 source; each guaranteed split may take one more from it.
+        assert abs(len(assignment[split]) - n * ratio) < len(wanted) + 1e-9
 
 
 @settings(max_examples=50, deadline=None)
