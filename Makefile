@@ -14,17 +14,22 @@ PREP_FLAGS ?=
 OVERWRITE  ?=
 DEMO_DIR   ?= demo-output
 WORKERS    ?=
+CONFIG     ?= configs/demo_cpu.config
+TRAIN_FLAGS ?=
 
 overwrite_flag = $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite,)
 workers_flag   = $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: help setup lint test prepare sample demo stats bench bench-prep train evaluate infer clean
+.PHONY: help setup lint test prepare sample demo stats bench bench-prep train evaluate summary infer clean
 
 help:
-	@echo "make demo      set up, make the synthetic sample, prepare tiles, show dataset stats"
+	@echo "make demo      set up, make the synthetic sample, prepare tiles, train demo_cpu, evaluate"
 	@echo "make test      set up and run the test suite"
 	@echo "make prepare   tile EDF_DIR (default: synthetic sample) into DATASET  [OVERWRITE=1] [PREP_FLAGS=...]"
 	@echo "make stats     per-split table and chart of DATASET"
+	@echo "make train     train fit --config CONFIG (default configs/demo_cpu.config) [TRAIN_FLAGS=...]"
+	@echo "make evaluate  train evaluate --config CONFIG: evaluation.csv beside the config"
+	@echo "make summary   build the CONFIG model, print layers and parameter count"
 	@echo "make bench-prep  prep benchmarks (last line: one JSON object)"
 	@echo "make lint      ruff"
 
@@ -54,24 +59,48 @@ prepare: $(STAMP) $(if $(filter $(SAMPLE_DIR),$(EDF_DIR)),$(SAMPLE_DIR)/EDF000.p
 stats: $(STAMP)
 	$(BIN)/prep stats $(DATASET)
 
+# The demo keeps everything in DEMO_DIR, laid out like the reference project: its config beside its data.
+DEMO_SET = --set train.images_dir=./dataset/train/images --set train.masks_dir=./dataset/train/masks \
+	--set valid.images_dir=./dataset/valid/images --set valid.masks_dir=./dataset/valid/masks \
+	--set test.images_dir=./dataset/test/images --set test.masks_dir=./dataset/test/masks \
+	--set train.model_dir=./models --set train.eval_dir=./eval \
+	--set train.epoch_change_infer_dir=./epoch_change_infer $(DEMO_FLAGS)
+DEMO_FLAGS ?=
+
 demo: $(STAMP) $(SAMPLE_DIR)/EDF000.png
 	$(BIN)/prep run --input $(SAMPLE_DIR) --output $(DEMO_DIR)/dataset --overwrite $(workers_flag) $(PREP_FLAGS)
 	$(BIN)/prep stats $(DEMO_DIR)/dataset --plot $(DEMO_DIR)/dataset-stats.png
+	cp configs/demo_cpu.config $(DEMO_DIR)/train_eval_infer.config
+	$(BIN)/train fit --config $(DEMO_DIR)/train_eval_infer.config $(DEMO_SET) --overwrite
+	$(BIN)/train evaluate --config $(DEMO_DIR)/train_eval_infer.config $(DEMO_SET) --overwrite
 	@echo
 	@echo "demo results:"
 	@echo "  synthetic EDF sample   $(SAMPLE_DIR)/ (EDFnnn.png + EDFnnn_GT.png)"
 	@echo "  tile dataset           $(DEMO_DIR)/dataset/{train,valid,test}/{images,masks}/"
 	@echo "  tile list + provenance $(DEMO_DIR)/dataset/manifest.csv, $(DEMO_DIR)/dataset/prep.json"
 	@echo "  dataset chart          $(DEMO_DIR)/dataset-stats.png"
-	@echo "  (training, evaluation and full-size inference join the demo with issues #3 and #4)"
+	@echo "  trained model          $(DEMO_DIR)/models/best.weights.h5 (+ TensorBoard logs in models/logs)"
+	@echo "  training curves        $(DEMO_DIR)/eval/train_losses.png, train_metrics.png (+ CSVs, history.json)"
+	@echo "  per-epoch predictions  $(DEMO_DIR)/epoch_change_infer/epoch_NNN.png (image | truth | prediction)"
+	@echo "  test scores            $(DEMO_DIR)/evaluation.csv, $(DEMO_DIR)/evaluation_per_image.csv"
+	@echo "  (full-size inference by stitching joins the demo with issue #4)"
+
+train: $(STAMP)
+	$(BIN)/train fit --config $(CONFIG) $(TRAIN_FLAGS)
+
+evaluate: $(STAMP)
+	$(BIN)/train evaluate --config $(CONFIG) $(TRAIN_FLAGS)
+
+summary: $(STAMP)
+	$(BIN)/train summary --config $(CONFIG) $(TRAIN_FLAGS)
 
 bench: bench-prep
 
 bench-prep: $(STAMP)
 	$(BIN)/python bench/bench_prep.py
 
-train evaluate infer:
-	@echo "make $@: not implemented yet (tracked in issues #3 and #4)" >&2; exit 1
+infer:
+	@echo "make infer: not implemented yet (tracked in issue #4)" >&2; exit 1
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

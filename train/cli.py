@@ -1,12 +1,131 @@
-"""`train` command line. Its commands arrive with issue #3; until then it only says so."""
+"""``train`` command line: ``train fit``, ``train evaluate``, ``train summary``, each from a config file."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
 
 import click
 
+# TensorFlow's C++ start-up chatter is not for our users; real errors still surface as exceptions.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def _warn(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)
+
+
+config_option = click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+                             help="INI config (the reference's train_eval_infer.config format).")
+set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                          help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
+
+
+def _load(config_path: Path, overrides):
+    from train.config import ConfigError, load_config
+
+    try:
+        return load_config(config_path, overrides)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _user_errors():
+    from train.config import ConfigError
+    from train.data import DataError
+    from train.fit import TrainError
+
+    return (ConfigError, DataError, TrainError, FileNotFoundError)
+
+
+def _assertion_text(message: str) -> str:
+    """The user-facing part of a failed in-graph check: 'assertion failed: [text]' → 'text'."""
+    for line in message.splitlines():
+        _, marker, text = line.partition("assertion failed: [")
+        if marker:
+            return text.rsplit("]", 1)[0].strip()
+    return message.strip().splitlines()[-1] if message.strip() else "invalid data"
+
+
+def _run(action):
+    """Run ``action`` turning the user's problems (config, data, model files) into one clean message."""
+    import tensorflow as tf
+
+    try:
+        return action()
+    except _user_errors() as err:
+        raise click.ClickException(str(err)) from None
+    except tf.errors.InvalidArgumentError as err:
+        # In-graph data checks (mask colour outside rgb_map, tile size) name the file in their message.
+        raise click.ClickException(f"bad data: {_assertion_text(err.message or str(err))}") from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: the last finished epoch is kept; run the same command to resume", err=True)
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli() -> None:
-    """Not implemented yet (issue #3): this group has no commands."""
+    """Train and evaluate FlexUNet on the prep tile dataset."""
+    warnings.showwarning = _warn
+
+
+@cli.command("fit")
+@config_option
+@set_option
+@click.option("--overwrite", is_flag=True, help="Replace a finished model in [train] model_dir.")
+def fit_command(config_path: Path, overrides, overwrite: bool) -> None:
+    """Train from a config; a killed run resumes at its last finished epoch when run again."""
+    config = _load(config_path, overrides)
+    from train.fit import fit
+
+    summary = _run(lambda: fit(config, overwrite=overwrite))
+    click.echo(f"{'resumed and ' if summary['resumed'] else ''}trained {summary['epochs']} epoch(s) in "
+               f"{summary['seconds']:.0f} s on {summary['replicas']} replica(s); best val_loss "
+               f"{summary['best_val_loss']:.4f}")
+    click.echo(f"model: {summary['model_dir']}   curves and CSVs: {summary['eval_dir']}")
+
+
+@cli.command("evaluate")
+@config_option
+@set_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing evaluation.csv.")
+def evaluate_command(config_path: Path, overrides, overwrite: bool) -> None:
+    """Score the best model on [test]: evaluation.csv (reference rows first) and per-tile scores."""
+    config = _load(config_path, overrides)
+    from train.evaluate import evaluate
+
+    result = _run(lambda: evaluate(config, overwrite=overwrite))
+    width = max(len(name) for name, _ in result["rows"])
+    for name, value in result["rows"]:
+        click.echo(f"  {name:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {name:<{width}}  {value}")
+    click.echo(f"{result['tiles']} test tile(s); wrote {result['evaluation_csv']} and {result['per_image_csv']}")
+    click.echo("trust nucleus_dice / object_f1 / fnro: dice_coef_multiclass pools background and is inflated")
+
+
+@cli.command("summary")
+@config_option
+@set_option
+def summary_command(config_path: Path, overrides) -> None:
+    """Build the model, print its layers and parameter count, check the data folders; trains nothing."""
+    config = _load(config_path, overrides)
+    from train.fit import build_model
+
+    model = _run(lambda: build_model(config))
+    model.summary(print_fn=lambda line, **_: click.echo(line))
+    click.echo(f"total parameters: {model.count_params():,}")
+    for section in ("train", "valid", "test"):
+        part = getattr(config, section)
+        for key in ("images_dir", "masks_dir"):
+            folder = getattr(part, key)
+            if not Path(folder).is_dir():
+                click.echo(f"warning: [{section}] {key}: {folder} does not exist", err=True)
 
 
 def main() -> None:
     cli(prog_name="train")
+
+
+if __name__ == "__main__":
+    main()

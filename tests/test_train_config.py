@@ -1,0 +1,99 @@
+"""The INI config: the reference's file loads unchanged, values are literals (never eval), errors name keys."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SHARED
+from train.config import ConfigError, load_config
+
+REFERENCE = SHARED / "data" / "reference-config" / "train_eval_infer.config"
+
+
+@pytest.fixture
+def reference_config() -> Path:
+    if not REFERENCE.is_file():
+        pytest.skip("../shared/data/reference-config is not available")
+    return REFERENCE
+
+
+def test_reference_config_loads_unchanged(reference_config: Path, recwarn):
+    config = load_config(reference_config)
+    m, t = config.model, config.train
+    assert (m.image_width, m.image_height, m.image_channels, m.num_classes) == (512, 512, 3, 2)
+    assert (m.base_filters, m.base_kernels, m.num_layers, m.dropout_rate, m.dilation) == (16, (9, 9), 8, 0.02, (1, 1))
+    assert (m.optimizer, m.learning_rate, m.clipvalue, m.loss) == ("Adam", 7e-5, 0.4, "categorical_crossentropy")
+    assert (t.epochs, t.batch_size, t.patience, t.reducer_factor, t.reducer_patience) == (100, 2, 10, 0.4, 4)
+    assert t.save_weights_only is True and t.num_infer_images == 6
+    assert config.mask.rgb_map == {(0, 0, 0): 0, (255, 255, 255): 1}
+    # The reference ran from its config's folder: relative paths resolve there.
+    expected = (reference_config.parent / "../../../dataset/Tiled-EDF-Cervical-Cytology/train/images/").resolve()
+    assert t.images_dir == expected
+    assert not [w for w in recwarn if "unknown" in str(w.message)]
+
+
+def test_shipped_config_has_the_reference_values(reference_config: Path):
+    ours = load_config(REPO / "configs" / "edf_cervical.config")
+    theirs = load_config(reference_config)
+    assert vars(ours.model) == vars(theirs.model)
+    for key in ("epochs", "batch_size", "patience", "reducer_factor", "reducer_patience", "save_weights_only",
+                "learning_rate_reducer", "num_infer_images"):
+        assert getattr(ours.train, key) == getattr(theirs.train, key), key
+    assert ours.train.images_dir == (REPO / "dataset/Tiled-EDF-Cervical-Cytology/train/images").resolve()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "train_eval_infer.config"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[model]\nbase_kernels = "nine"\n', "[model] base_kernels"),
+    ("[model]\nbase_kernels = (8,8)\n", "odd"),
+    ("[model]\nnum_layers = 3.5\n", "[model] num_layers"),
+    ("[model]\nlearning_rate = nan\n", "[model] learning_rate"),
+    ("[model]\noptimizer = SGD\n", "[model] optimizer"),
+    ("[train]\nbatch_size = 0\n", "[train] batch_size"),
+    ("[train]\nsave_weights_only = maybe\n", "[train] save_weights_only"),
+    ("[mask]\nrgb_map = {(0,0,0):0,(255,255):1}\n", "[mask] rgb_map"),
+    ("[mask]\nrgb_map = {(0,0,0):0,(255,255,255):2}\n", "num_classes"),
+])
+def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str):
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        load_config(write(tmp_path, text))
+
+
+def test_config_values_are_never_evaluated(tmp_path: Path):
+    marker = tmp_path / "pwned"
+    path = write(tmp_path, f"[model]\nmodel = __import__('os').system('touch {marker}')\n")
+    config = load_config(path)
+    assert not marker.exists()
+    assert config.model.model.startswith("__import__")  # kept as inert text
+
+
+def test_unknown_keys_warn_by_name(tmp_path: Path):
+    with pytest.warns(UserWarning, match=r"\[train\] epoch_count"):
+        load_config(write(tmp_path, "[train]\nepoch_count = 3\n"))
+
+
+def test_overrides(tmp_path: Path):
+    path = write(tmp_path, "[train]\nepochs = 5\nmodel_dir = ./m\n")
+    config = load_config(path, ["train.epochs=2", "model.base_kernels=(3,3)", "train.model_dir = out/models"])
+    assert config.train.epochs == 2 and config.model.base_kernels == (3, 3)
+    assert config.train.model_dir == (tmp_path / "out" / "models").resolve()
+    with pytest.raises(ConfigError, match="no such key"):
+        load_config(path, ["train.nope=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(path, ["epochs=3"])
+
+
+def test_unreadable_configs(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.config")
+    binary = tmp_path / "binary.config"
+    binary.write_bytes(b"\xff\xfe\x00\x81garbage")
+    with pytest.raises(ConfigError, match="binary.config"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match="not an INI"):
+        load_config(write(tmp_path, "epochs = 3\n"))

@@ -1,0 +1,242 @@
+"""train.data: streaming tf.data pipeline over prep tiles (shapes, rgb_map, crops, seeds, errors, laziness)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import random_pair
+from train.data import DataError, check_masks, check_sizes, dataset_size, list_pairs, make_dataset
+
+RGB_MAP = {(0, 0, 0): 0, (255, 255, 255): 1}
+SIZE = 64
+
+
+def write_tiles(root: Path, count: int = 4, size: int = SIZE, seed: int = 0, suffix: str = ".png") -> Path:
+    """``root/images`` and ``root/masks``: grey RGB tiles with dark discs and their 0/255 masks."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        image, mask = random_pair(rng, size, size, nuclei=3)
+        cv2.imwrite(str(root / "images" / f"tile_{index:03d}{suffix}"), image)
+        cv2.imwrite(str(root / "masks" / f"tile_{index:03d}{suffix}"), mask)
+    return root
+
+
+def first_batch(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    images, masks = next(iter(dataset))
+    return images.numpy(), masks.numpy()
+
+
+def pairs(root: Path, section: str = "train") -> tuple[list[str], list[str]]:
+    return list_pairs(root / "images", root / "masks", section=section)
+
+
+def test_shapes_dtypes_ranges_and_one_hot(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path, count=5))
+    assert dataset_size(images) == 5
+    dataset = make_dataset(images, masks, RGB_MAP, num_classes=2, image_size=(SIZE, SIZE), batch_size=2)
+    assert dataset.element_spec[0].shape.as_list() == [None, SIZE, SIZE, 3]  # static H, W, C: Keras can build
+    assert dataset.element_spec[1].shape.as_list() == [None, SIZE, SIZE, 2]
+    batches = list(dataset)
+    assert [len(batch[0]) for batch in batches] == [2, 2, 1]
+    image, mask = batches[0][0].numpy(), batches[0][1].numpy()
+    assert image.dtype == np.float32 and mask.dtype == np.float32
+    assert image.min() >= 0.0 and image.max() <= 1.0 and image.max() > 0.5
+    np.testing.assert_array_equal(mask.sum(axis=-1), 1.0)
+    assert set(np.unique(mask)) == {0.0, 1.0}
+
+
+def test_white_is_class_one_and_pixels_are_exact(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path, count=2))
+    image, mask = first_batch(make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE)))
+    for index in range(2):
+        expected_mask = cv2.imread(masks[index], cv2.IMREAD_GRAYSCALE) == 255
+        assert expected_mask.any()
+        np.testing.assert_array_equal(mask[index, :, :, 1] == 1.0, expected_mask)
+        expected_image = cv2.cvtColor(cv2.imread(images[index]), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(np.rint(image[index] * 255).astype(np.uint8), expected_image)
+
+
+def write_position_tiles(root: Path, count: int = 3) -> tuple[list[str], list[str], np.ndarray]:
+    """Each pixel's colour encodes its (y, x); the mask is a fixed irregular pattern, so a window is recognisable."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    ys, xs = np.mgrid[0:SIZE, 0:SIZE]
+    image_rgb = np.dstack([ys * 4, xs * 4, np.full_like(ys, 100)]).astype(np.uint8)
+    pattern = ((ys * 7 + xs * 3) % 11 < 4).astype(np.uint8) * 255
+    for index in range(count):
+        cv2.imwrite(str(root / "images" / f"p{index}.png"), image_rgb[:, :, ::-1])
+        cv2.imwrite(str(root / "masks" / f"p{index}.png"), np.dstack([pattern] * 3))
+    images, masks = pairs(root)
+    return images, masks, pattern > 0
+
+
+def test_crop_and_flip_use_one_window_for_image_and_mask(tmp_path: Path):
+    images, masks, pattern = write_position_tiles(tmp_path)
+    dataset = make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=3, crop_size=(16, 24),
+                           random_flips=True, repeat=True)
+    corners, flips = set(), set()
+    for image, mask in dataset.take(6).as_numpy_iterator():
+        assert image.shape == (3, 16, 24, 3) and mask.shape == (3, 16, 24, 2)
+        for tile_image, tile_mask in zip(image, mask, strict=True):
+            ys = np.rint(tile_image[:, :, 0] * 255 / 4).astype(int)
+            xs = np.rint(tile_image[:, :, 1] * 255 / 4).astype(int)
+            np.testing.assert_array_equal(tile_mask[:, :, 1] == 1.0, pattern[ys, xs])
+            corners.add((ys.min(), xs.min()))
+            flips.add((ys[0, 0] > ys[-1, 0], xs[0, 0] > xs[0, -1]))
+    assert len(corners) > 5 and len(flips) == 4  # windows and flips vary
+
+
+def test_foreground_bias_one_always_holds_nucleus_pixels(tmp_path: Path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    image = np.full((SIZE, SIZE, 3), 200, np.uint8)
+    mask = np.zeros((SIZE, SIZE, 3), np.uint8)
+    cv2.circle(mask, (50, 10), 3, (255, 255, 255), -1)  # one small nucleus, about 0.7 % of the tile
+    cv2.imwrite(str(tmp_path / "images" / "one.png"), image)
+    cv2.imwrite(str(tmp_path / "masks" / "one.png"), mask)
+    cv2.imwrite(str(tmp_path / "images" / "none.png"), image)
+    cv2.imwrite(str(tmp_path / "masks" / "none.png"), np.zeros_like(mask))
+    images, masks = pairs(tmp_path)
+
+    def foreground_per_crop(bias: float) -> np.ndarray:
+        dataset = make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=2, crop_size=(12, 12),
+                               repeat=True, foreground_bias=bias)
+        return np.concatenate([mask[:, :, :, 1].sum(axis=(1, 2)) for _, mask in dataset.take(30)
+                               .as_numpy_iterator()]).reshape(-1, 2)  # columns: none.png, one.png
+
+    biased = foreground_per_crop(1.0)
+    assert (biased[:, 1] > 0).all() and (biased[:, 0] == 0).all()  # an empty tile falls back to uniform windows
+    assert (foreground_per_crop(0.0)[:, 1] == 0).any()  # uniform windows often miss it: the test can tell
+
+
+def test_same_seed_same_batches_other_seed_differs(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path, count=12))
+
+    def build(seed: int) -> tf.data.Dataset:
+        return make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=4, shuffle=True, seed=seed,
+                            crop_size=(32, 32), random_flips=True, foreground_bias=0.5)
+
+    dataset = build(137)
+    first, again, fresh = first_batch(dataset), first_batch(dataset), first_batch(build(137))
+    for left, right in zip(first, fresh, strict=True):
+        np.testing.assert_array_equal(left, right)
+    assert not np.array_equal(first[0], first_batch(build(138))[0])
+    assert not np.array_equal(first[0], again[0])  # each pass (epoch) reshuffles and redraws crops
+
+
+def test_unknown_mask_colour_names_file_and_value(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path, count=3))
+    grey = cv2.imread(masks[1])
+    grey[5:9, 5:9] = 128
+    cv2.imwrite(masks[1], grey)
+    check_masks(masks[:1], RGB_MAP)
+    with pytest.raises(DataError, match=r"mask .*tile_001\.png: value \(128,128,128\) is not in \[mask\] rgb_map"):
+        check_masks(masks, RGB_MAP)
+    dataset = make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"tile_001\.png: value \(128,128,128\)"):
+        list(dataset)
+
+
+def test_tile_of_the_wrong_size_names_the_file(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path, count=2))
+    with pytest.raises(DataError, match=r"image .*tile_000\.png: size 64×64 does not fit \[model\] image_height"):
+        check_sizes(images, masks, (48, 48))
+    check_sizes(images, masks, (48, 48), crop_size=(48, 48))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"tile_000\.png: size 64×64 does not fit"):
+        list(make_dataset(images, masks, RGB_MAP, 2, (48, 48)))
+
+
+def test_missing_mask_empty_and_missing_folders(tmp_path: Path):
+    root = write_tiles(tmp_path / "data", count=3)
+    (root / "masks" / "tile_001.png").unlink()
+    with pytest.raises(DataError, match=r"\[train\] masks_dir: no mask for tile_001\.png in .*masks"):
+        pairs(root)
+    with pytest.raises(DataError, match=r"\[valid\] images_dir: .*nowhere does not exist"):
+        list_pairs(tmp_path / "nowhere", root / "masks", section="valid")
+    with pytest.raises(DataError, match=r"\[test\] masks_dir: .*nowhere does not exist"):
+        list_pairs(root / "images", tmp_path / "nowhere", section="test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"\[valid\] images_dir: .*empty holds no images"):
+        list_pairs(tmp_path / "empty", root / "masks", section="valid")
+
+
+def test_masks_without_image_are_ignored_with_a_warning(tmp_path: Path):
+    root = write_tiles(tmp_path, count=3)
+    (root / "images" / "tile_002.png").unlink()
+    with pytest.warns(UserWarning, match=r"\[train\] masks_dir: 1 mask\(s\) .* ignored: tile_002\.png"):
+        images, masks = pairs(root)
+    assert [Path(path).name for path in masks] == ["tile_000.png", "tile_001.png"]
+
+
+def test_grey_configs_and_grey_files(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path, count=2))
+    image, _ = first_batch(make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), image_channels=1))
+    assert image.shape == (2, SIZE, SIZE, 1)
+    expected = cv2.imread(images[0], cv2.IMREAD_GRAYSCALE)  # grey content: channel weights do not matter
+    np.testing.assert_allclose(image[0, :, :, 0] * 255, expected, atol=1)
+    # 1-channel PNG files: replicated for a 3-channel config, and a 1-channel mask is read as grey RGB.
+    cv2.imwrite(images[0], expected)
+    cv2.imwrite(masks[0], cv2.imread(masks[0], cv2.IMREAD_GRAYSCALE))
+    check_masks(masks, RGB_MAP)
+    image, mask = first_batch(make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE)))
+    assert image.shape == (2, SIZE, SIZE, 3) and mask[0, :, :, 1].any()
+
+
+def test_bgr_order_reverses_channels(tmp_path: Path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[:, :, 2] = 255  # OpenCV writes BGR: this is red
+    cv2.imwrite(str(tmp_path / "images" / "red.png"), red)
+    cv2.imwrite(str(tmp_path / "masks" / "red.png"), np.zeros_like(red))
+    images, masks = pairs(tmp_path)
+    rgb, _ = first_batch(make_dataset(images, masks, RGB_MAP, 2, (8, 8)))
+    bgr, _ = first_batch(make_dataset(images, masks, RGB_MAP, 2, (8, 8), color_order="BGR"))
+    assert rgb[0, 0, 0].tolist() == [1.0, 0.0, 0.0] and bgr[0, 0, 0].tolist() == [0.0, 0.0, 1.0]
+    with pytest.raises(DataError, match=r"\[image\] color_order"):
+        make_dataset(images, masks, RGB_MAP, 2, (8, 8), color_order="HSV")
+
+
+def test_tiff_tiles_are_read(tmp_path: Path):
+    root = write_tiles(tmp_path, count=2, suffix=".tif")
+    images, masks = list_pairs(root / "images", root / "masks", mask_file_format=".tif")
+    image, mask = first_batch(make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE)))
+    assert image.shape == (2, SIZE, SIZE, 3) and mask[:, :, :, 1].any()
+
+
+def test_bad_rgb_map_names_the_key(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path, count=1))
+    with pytest.raises(DataError, match=r"\[mask\] rgb_map: class 2 .*\[model\] num_classes = 2"):
+        make_dataset(images, masks, {(0, 0, 0): 0, (255, 255, 255): 2}, 2, (SIZE, SIZE))
+    with pytest.raises(DataError, match=r"\[mask\] rgb_map: key"):
+        make_dataset(images, masks, {(0, 0): 0}, 2, (SIZE, SIZE))
+
+
+def test_dataset_is_lazy(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path, count=50, size=16))
+    dataset = make_dataset(images, masks, RGB_MAP, 2, (16, 16), batch_size=4)
+    for index in range(40, 50):  # nothing was read when the dataset was made: removing files breaks nothing yet
+        Path(images[index]).unlink()
+        Path(masks[index]).unlink()
+    image, _ = first_batch(dataset)
+    assert image.shape == (4, 16, 16, 3)
+    with pytest.raises(tf.errors.NotFoundError, match=r"tile_040\.png"):
+        list(dataset)
+
+
+def test_real_tiles_stream(real_data: Path):
+    images, masks = list_pairs(real_data / "tiles" / "images", real_data / "tiles" / "masks")
+    check_masks(masks, RGB_MAP)
+    check_sizes(images, masks, (512, 512))
+    dataset = make_dataset(images, masks, RGB_MAP, 2, (512, 512), batch_size=4)
+    total = sum(len(image) for image, _ in dataset)
+    assert total == dataset_size(images) == 11
+    _, mask = first_batch(dataset)
+    assert 0.002 < mask[:, :, :, 1].mean() < 0.05  # nuclei cover ~0.5–3 % of a tile

@@ -1,0 +1,258 @@
+"""train fit / evaluate / summary end to end on a tiny dataset made by `prep run` (CPU, seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from prep.cli import cli as prep_cli
+from tests.conftest import REPO, SHARED, write_edf_folder
+from train.cli import cli as train_cli
+
+TINY = """
+[model]
+image_width = 64
+image_height = 64
+image_channels = 3
+num_classes = 2
+base_filters = 4
+base_kernels = (3,3)
+num_layers = 3
+dropout_rate = 0.02
+learning_rate = 0.003
+loss = "categorical_crossentropy"
+metrics = ["dice_coef_multiclass"]
+[train]
+epochs = {epochs}
+batch_size = 4
+patience = 5
+model_dir = "./models/"
+eval_dir = "./eval/"
+images_dir = "./data/train/images/"
+masks_dir = "./data/train/masks/"
+reducer_factor = 0.5
+reducer_patience = 1
+epoch_change_infer = True
+epoch_change_infer_dir = "./epoch_change_infer"
+num_infer_images = 2
+save_weights_only = True
+[valid]
+images_dir = "./data/valid/images/"
+masks_dir = "./data/valid/masks/"
+[test]
+images_dir = "./data/test/images/"
+masks_dir = "./data/test/masks/"
+[mask]
+rgb_map = {{(0,0,0):0,(255,255,255):1,}}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    edf = write_edf_folder(root / "EDF", count=4, height=128, width=128, seed=5)
+    result = CliRunner().invoke(prep_cli, ["run", "--input", str(edf), "--output", str(root / "data"),
+                                           "--tile-size", "64", "--split", "0.5,0.25,0.25", "--no-progress",
+                                           "--rotations", "90", "--elastic-sigmas", "", "--distortion-sizes", "",
+                                           "--barrel-amounts", "", "--pincushion-amounts", ""])
+    assert result.exit_code == 0, result.output
+    return root / "data"
+
+
+def make_run(tmp_path: Path, dataset: Path, epochs: int = 2, extra: str = "") -> Path:
+    (tmp_path / "data").symlink_to(dataset, target_is_directory=True)
+    config = tmp_path / "train_eval_infer.config"
+    config.write_text(TINY.format(epochs=epochs) + extra)
+    return config
+
+
+def invoke(*args):
+    return CliRunner().invoke(train_cli, [str(a) for a in args])
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_fit_evaluate_summary_write_every_artifact(tmp_path: Path, tiny_dataset: Path):
+    config = make_run(tmp_path, tiny_dataset, epochs=2)
+    result = invoke("fit", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "models" / "best.weights.h5").is_file()
+    assert (tmp_path / "models" / "train_eval_infer.config").is_file()
+    assert any((tmp_path / "models" / "logs").rglob("*"))  # TensorBoard
+    eval_dir = tmp_path / "eval"
+    for name in ("train_metrics.csv", "train_losses.csv", "train_metrics.png", "train_losses.png", "history.json"):
+        assert (eval_dir / name).is_file(), name
+    losses = read_rows(eval_dir / "train_losses.csv")
+    assert losses[0] == ["epoch", "loss", "val_loss"] and [r[0] for r in losses[1:]] == ["1", "2"]
+    metrics_header = read_rows(eval_dir / "train_metrics.csv")[0]
+    for name in ("dice_coef_multiclass", "val_dice_coef_multiclass", "nucleus_dice", "val_nucleus_dice",
+                 "nucleus_iou", "val_nucleus_iou"):
+        assert name in metrics_header
+    history = json.loads((eval_dir / "history.json").read_text())
+    assert history["epoch"] == [1, 2] and len(history["val_loss"]) == 2
+    montages = sorted(p.name for p in (tmp_path / "epoch_change_infer").iterdir())
+    assert montages == ["epoch_001.png", "epoch_002.png"]
+    sheet = cv2.imread(str(tmp_path / "epoch_change_infer" / "epoch_001.png"))
+    assert sheet.shape[1] == 3 * 64 + 8 and sheet.shape[0] >= 2 * 64  # image | truth | prediction, 2 tiles
+
+    again = invoke("fit", "--config", config)
+    assert again.exit_code != 0 and "--overwrite" in again.output
+
+    evaluated = invoke("evaluate", "--config", config)
+    assert evaluated.exit_code == 0, evaluated.output
+    rows = read_rows(tmp_path / "evaluation.csv")
+    assert [r[0] for r in rows[:2]] == ["categorical_crossentropy", "dice_coef_multiclass"]
+    names = [r[0] for r in rows]
+    for name in ("nucleus_dice", "nucleus_iou", "object_f1", "fnro"):
+        assert name in names
+    assert all(np.isfinite(float(r[1])) for r in rows)
+    per_image = read_rows(tmp_path / "evaluation_per_image.csv")
+    assert len(per_image) - 1 == len(list((tiny_dataset / "test" / "images").iterdir()))
+    assert invoke("evaluate", "--config", config).exit_code != 0  # evaluation.csv is not clobbered
+    assert invoke("evaluate", "--config", config, "--overwrite").exit_code == 0
+
+    summary = invoke("summary", "--config", config)
+    assert summary.exit_code == 0 and "total parameters:" in summary.output
+
+
+def test_reduce_lr_on_plateau_gets_the_configured_values(tmp_path: Path, tiny_dataset: Path):
+    import keras
+
+    from train.config import load_config
+    from train.fit import callbacks_for, run_paths
+
+    config = load_config(make_run(tmp_path, tiny_dataset), ["train.reducer_patience=3", "train.reducer_factor=0.25"])
+    chosen = callbacks_for(config, run_paths(config), ([], []))
+    reducer = next(c for c in chosen if isinstance(c, keras.callbacks.ReduceLROnPlateau))
+    assert (reducer.patience, reducer.factor) == (3, 0.25)
+    stopper = next(c for c in chosen if isinstance(c, keras.callbacks.EarlyStopping))
+    assert stopper.patience == config.train.patience
+    assert not any(isinstance(c, keras.callbacks.ReduceLROnPlateau)
+                   for c in callbacks_for(load_config(config.path, ["train.learning_rate_reducer=False"]),
+                                          run_paths(config), ([], [])))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_at_the_next_epoch(tmp_path: Path, tiny_dataset: Path):
+    import keras
+
+    from train.config import load_config
+    from train.fit import fit
+
+    config = load_config(make_run(tmp_path, tiny_dataset, epochs=4))
+    started: list[int] = []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            started.append(epoch + 1)
+
+    class KillAfterTwo(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == 2:
+                raise Killed
+
+    with pytest.raises(Killed):
+        fit(config, verbose=0, extra_callbacks=[Recorder(), KillAfterTwo()])
+    assert started == [1, 2]
+    summary = fit(config, verbose=0, extra_callbacks=[Recorder()])
+    assert summary["resumed"] and started == [1, 2, 3, 4]
+    history = json.loads((tmp_path / "eval" / "history.json").read_text())
+    assert history["epoch"] == [1, 2, 3, 4]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def test_mirrored_strategy_on_two_logical_cpus_with_mixed_precision(tmp_path: Path, tiny_dataset: Path):
+    config = make_run(tmp_path, tiny_dataset, epochs=1)
+    result = subprocess.run([sys.executable, "-m", "train", "fit", "--config", str(config), "--set",
+                             "train.strategy=mirrored", "--set", "train.mixed_precision=True"],
+                            capture_output=True, text=True, env=_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 2 replica(s)" in result.stdout
+    assert (tmp_path / "models" / "best.weights.h5").is_file()
+
+
+def test_reference_config_builds_the_reference_architecture():
+    reference = SHARED / "data" / "reference-config" / "train_eval_infer.config"
+    if not reference.is_file():
+        pytest.skip("../shared/data/reference-config is not available")
+    result = invoke("summary", "--config", reference)
+    assert result.exit_code == 0, result.output
+    assert "total parameters: 124,996,866" in result.output
+    assert "does not exist" in result.output  # the reference's data folders: a warning, not an error
+
+
+def _own_copy(run: Path) -> Path:
+    """Replace the shared dataset link by a private copy that a test may damage."""
+    data = run / "data"
+    target = run / "data_copy"
+    shutil.copytree(data.resolve(), target)
+    data.unlink()
+    target.rename(data)
+    return data
+
+
+def _remove_a_mask(run: Path) -> None:
+    next((_own_copy(run) / "train" / "masks").iterdir()).unlink()
+
+
+def _grey_mask(run: Path) -> None:
+    mask = sorted((_own_copy(run) / "train" / "masks").iterdir())[0]
+    cv2.imwrite(str(mask), np.full((64, 64, 3), 128, np.uint8))
+
+
+def _grey_last_mask(run: Path) -> None:
+    """Beyond the pre-flight's first files: caught inside the tf.data graph while training."""
+    mask = sorted((_own_copy(run) / "train" / "masks").iterdir())[-1]
+    cv2.imwrite(str(mask), np.full((64, 64, 3), 128, np.uint8))
+
+
+BAD = {
+    "missing data folder": ([], lambda run: (run / "data").unlink(), "[train] images_dir"),
+    "image without mask": ([], _remove_a_mask, "[train] masks_dir"),
+    "mask value outside rgb_map": ([], _grey_mask, "EDF002_0x0.png: value (128,128,128) is not in [mask] rgb_map"),
+    "mask value found while streaming": ([], _grey_last_mask, "value (128,128,128) is not in [mask] rgb_map"),
+    "kernels not a pair": (["--set", 'model.base_kernels="nine"'], None, "[model] base_kernels"),
+    "even kernels": (["--set", "model.base_kernels=(8,8)"], None, "odd"),
+    "too deep": (["--set", "model.num_layers=9"], None, "[model] num_layers = 9 is too deep"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_names_the_key_or_file(case: str, tmp_path: Path, tiny_dataset: Path):
+    flags, damage, expected = BAD[case]
+    config = make_run(tmp_path, tiny_dataset, epochs=1)
+    if damage:
+        damage(tmp_path)
+    result = invoke("fit", "--config", config, *flags)
+    assert result.exit_code != 0
+    assert expected in result.output, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a message, not a traceback
+
+
+def test_evaluate_without_a_model_and_unreadable_config(tmp_path: Path, tiny_dataset: Path):
+    config = make_run(tmp_path, tiny_dataset)
+    result = invoke("evaluate", "--config", config)
+    assert result.exit_code != 0 and "no trained model" in result.output
+    garbage = tmp_path / "garbage.config"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    result = invoke("fit", "--config", garbage)
+    assert result.exit_code != 0 and "garbage.config" in result.output

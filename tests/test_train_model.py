@@ -1,0 +1,158 @@
+"""FlexUNet builder: the reference's parameter count, shapes, per-level settings, config-key errors, mixed precision."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from train.model import build_flexunet, check_architecture, max_num_layers
+
+REFERENCE_PARAMS = 124_996_866  # TensorFlowFlexUNet with the reference train_eval_infer.config
+
+
+def tiny_model(**overrides) -> keras.Model:
+    args = {
+        "image_height": 64,
+        "image_width": 64,
+        "image_channels": 1,
+        "num_classes": 3,
+        "base_filters": 4,
+        "base_kernels": (7, 7),
+        "num_layers": 3,
+    }
+    args.update(overrides)
+    return build_flexunet(**args)
+
+
+def layers_of(model: keras.Model, kind: type) -> dict[str, keras.layers.Layer]:
+    return {layer.name: layer for layer in model.layers if isinstance(layer, kind)}
+
+
+def test_reference_config_has_the_reference_parameter_count():
+    started = time.perf_counter()
+    model = build_flexunet(
+        512,
+        512,
+        3,
+        2,
+        base_filters=16,
+        base_kernels=(9, 9),
+        num_layers=8,
+        dropout_rate=0.02,
+        dilation=(1, 1),
+        normalization=False,
+    )
+    seconds = time.perf_counter() - started
+    assert model.count_params() == REFERENCE_PARAMS
+    assert model.output_shape == (None, 512, 512, 2)
+    assert seconds < 20, f"building the reference model took {seconds:.1f} s"
+
+
+def test_parameter_count_does_not_depend_on_image_size():
+    assert tiny_model().count_params() == tiny_model(image_height=128, image_width=96).count_params()
+
+
+def test_output_shape_and_softmax():
+    model = tiny_model()
+    images = np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32)
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.shape == (2, 64, 64, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+    assert (probabilities >= 0).all()
+
+
+def test_kernel_sizes_shrink_per_level_to_three_and_mirror_in_the_decoder():
+    convs = layers_of(tiny_model(num_layers=5, image_height=32, image_width=32), keras.layers.Conv2D)
+    expected = {0: (7, 7), 1: (5, 5), 2: (3, 3), 3: (3, 3), 4: (3, 3)}
+    for level, size in expected.items():
+        assert convs[f"enc{level}_conv1"].kernel_size == size
+        assert convs[f"enc{level}_conv2"].kernel_size == size
+        if level < 4:  # the bottleneck (last level) has no decoder twin
+            assert convs[f"dec{level}_conv1"].kernel_size == size
+            assert convs[f"dec{level}_conv2"].kernel_size == size
+    assert convs["head_conv"].kernel_size == (1, 1)
+
+
+def test_filters_double_per_level():
+    convs = layers_of(tiny_model(), keras.layers.Conv2D)
+    assert [convs[f"enc{level}_conv1"].filters for level in range(3)] == [4, 8, 16]
+    assert [convs[f"dec{level}_conv2"].filters for level in range(2)] == [4, 8]
+
+
+def test_dilation_shrinks_per_level_to_one():
+    convs = layers_of(tiny_model(dilation=(3, 3)), keras.layers.Conv2D)
+    assert [convs[f"enc{level}_conv1"].dilation_rate for level in range(3)] == [(3, 3), (2, 2), (1, 1)]
+    assert convs["dec1_conv1"].dilation_rate == (2, 2)
+
+
+@pytest.mark.parametrize("normalization", [False, True])
+def test_batch_normalization_present_iff_normalization(normalization):
+    norms = layers_of(tiny_model(normalization=normalization), keras.layers.BatchNormalization)
+    assert bool(norms) == normalization
+    if normalization:
+        assert "enc0_bn1" in norms and "dec0_bn2" in norms
+
+
+def test_dropout_rates_increase_per_level():
+    dropouts = layers_of(tiny_model(dropout_rate=0.05), keras.layers.Dropout)
+    rates = [dropouts[f"enc{level}_dropout"].rate for level in range(3)]
+    assert rates == pytest.approx([0.0, 0.05, 0.10])
+    assert dropouts["dec1_dropout"].rate == pytest.approx(0.05)
+
+
+def test_input_normalize_adds_rescaling():
+    assert not layers_of(tiny_model(), keras.layers.Rescaling)
+    (rescale,) = layers_of(tiny_model(input_normalize=True), keras.layers.Rescaling).values()
+    assert rescale.scale == pytest.approx(1 / 255)
+
+
+def test_max_num_layers():
+    assert max_num_layers(512, 512) == 10
+    assert max_num_layers(64, 64) == 7
+    assert max_num_layers(96, 64) == 6
+    assert max_num_layers(63, 64) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"base_kernels": (8, 8)}, r"\[model\] base_kernels = \(8, 8\): kernel sizes must be odd"),
+        ({"base_kernels": (0, 3)}, r"\[model\] base_kernels"),
+        ({"num_layers": 8}, r"\[model\] num_layers = 8 is too deep for 64×64: .*num_layers = 7"),
+        ({"num_layers": 0}, r"\[model\] num_layers = 0"),
+        ({"dilation": (0, 1)}, r"\[model\] dilation"),
+    ],
+)
+def test_check_architecture_names_the_config_key(kwargs, message):
+    args = {"image_height": 64, "image_width": 64, "num_layers": 3, "base_kernels": (9, 9), "dilation": (1, 1)}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        check_architecture(**args)
+    with pytest.raises(ValueError, match=message):
+        build_flexunet(
+            args["image_height"],
+            args["image_width"],
+            3,
+            2,
+            base_kernels=args["base_kernels"],
+            num_layers=args["num_layers"],
+            dilation=args["dilation"],
+        )
+
+
+def test_deepest_allowed_model_builds():
+    assert tiny_model(num_layers=7).output_shape == (None, 64, 64, 3)
+
+
+def test_mixed_precision_outputs_float32():
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        model = tiny_model()
+        assert model.get_layer("enc0_conv1").compute_dtype == "float16"
+        probabilities = model(np.zeros((1, 64, 64, 1), np.float32), training=False)
+        assert keras.backend.standardize_dtype(probabilities.dtype) == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

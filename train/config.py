@@ -1,0 +1,324 @@
+"""INI config → one typed, validated object, parsed once.
+
+Compatible with the reference project's ``train_eval_infer.config``: its keys load and mean the same
+thing. Values are Python literals read with ``ast.literal_eval`` (never ``eval``); a plain word is taken as
+a string. Relative paths resolve against the config file's folder, as the reference ran from there.
+Unknown keys warn by name; a bad value stops with ``[section] key`` and what was expected.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the file and ``[section] key``."""
+
+
+# ---------------------------------------------------------------------------------------------- value types
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text  # a bare word such as Adam: a string
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"true", "yes", "on", "false", "no", "off"}:
+        return value.lower() in {"true", "yes", "on"}
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise TypeError("True or False")
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise TypeError("an integer")
+    return value
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError("a finite number")
+    return float(value)
+
+
+def _as_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("a string")
+    return value
+
+
+def _as_pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if (isinstance(value, tuple | list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        return (int(value[0]), int(value[1]))
+    raise TypeError("a pair of integers like (9,9)")
+
+
+def _as_str_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise TypeError('a list of names like ["dice_coef_multiclass"]')
+
+
+def _as_rgb_map(value: Any) -> dict[tuple[int, int, int], int]:
+    if not isinstance(value, dict) or not value:
+        raise TypeError("a dict of RGB colour → class like {(0,0,0):0,(255,255,255):1}")
+    result = {}
+    for colour, index in value.items():
+        if not (isinstance(colour, tuple) and len(colour) == 3 and all(isinstance(c, int) and 0 <= c <= 255
+                                                                         for c in colour)):
+            raise TypeError(f"RGB triples of 0..255 as keys, got {colour!r}")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise TypeError(f"class indices ≥ 0 as values, got {index!r}")
+        result[colour] = index
+    return result
+
+
+def _as_optional_int(value: Any) -> int | None:
+    return None if value is None else _as_int(value)
+
+
+def _as_optional_pair(value: Any) -> tuple[int, int] | None:
+    return None if value is None else _as_pair(value)
+
+
+# ---------------------------------------------------------------------------------------------- schema
+
+@dataclass(frozen=True)
+class Key:
+    parse: Callable[[Any], Any]
+    default: Any
+    path: bool = False  # resolved against the config file's folder
+    check: Callable[[Any], str | None] | None = None  # returns what was expected, or None when fine
+
+
+def _positive(value) -> str | None:
+    return None if value > 0 else "a positive value"
+
+
+def _non_negative(value) -> str | None:
+    return None if value >= 0 else "a value ≥ 0"
+
+
+def _fraction(value) -> str | None:
+    return None if 0 <= value < 1 else "a value in [0, 1)"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value) -> str | None:
+        return None if value.lower() in {c.lower() for c in choices} else f"one of {', '.join(choices)}"
+    return check
+
+
+def _positive_pair(value) -> str | None:
+    return None if value is None or min(value) > 0 else "positive sizes"
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "model": {
+        "model": Key(_as_str, "TensorFlowFlexUNet"),
+        "generator": Key(_as_bool, False),
+        "image_width": Key(_as_int, 512, check=_positive),
+        "image_height": Key(_as_int, 512, check=_positive),
+        "image_channels": Key(_as_int, 3, check=lambda v: None if v in (1, 3) else "1 or 3"),
+        "input_normalize": Key(_as_bool, False),
+        "normalization": Key(_as_bool, False),
+        "num_classes": Key(_as_int, 2, check=lambda v: None if v >= 2 else "at least 2"),
+        "base_filters": Key(_as_int, 16, check=_positive),
+        "base_kernels": Key(_as_pair, (9, 9)),
+        "num_layers": Key(_as_int, 8, check=_positive),
+        "dropout_rate": Key(_as_float, 0.02, check=_fraction),
+        "dilation": Key(_as_pair, (1, 1), check=_positive_pair),
+        "optimizer": Key(_as_str, "Adam", check=_one_of("Adam", "AdamW")),
+        "learning_rate": Key(_as_float, 7e-5, check=_positive),
+        "clipvalue": Key(lambda v: None if v is None else _as_float(v), 0.4),
+        "loss": Key(_as_str, "categorical_crossentropy", check=_one_of("categorical_crossentropy", "dice_ce")),
+        "metrics": Key(_as_str_list, ["dice_coef_multiclass"]),
+        "activation": Key(_as_str, "relu"),
+        "final_activation": Key(_as_str, "softmax"),
+        "show_summary": Key(_as_bool, False),
+    },
+    "dataset": {
+        "class_name": Key(_as_str, "ImageCategorizedMaskDataset"),
+    },
+    "train": {
+        "epochs": Key(_as_int, 100, check=_positive),
+        "batch_size": Key(_as_int, 2, check=_positive),
+        "patience": Key(_as_int, 10, check=_non_negative),
+        "metrics": Key(_as_str_list, ["dice_coef_multiclass", "val_dice_coef_multiclass"]),
+        "model_dir": Key(_as_str, "./models/", path=True),
+        "eval_dir": Key(_as_str, "./eval/", path=True),
+        "images_dir": Key(_as_str, "../../../dataset/Tiled-EDF-Cervical-Cytology/train/images/", path=True),
+        "masks_dir": Key(_as_str, "../../../dataset/Tiled-EDF-Cervical-Cytology/train/masks/", path=True),
+        "create_backup": Key(_as_bool, False),
+        "learning_rate_reducer": Key(_as_bool, True),
+        "reducer_factor": Key(_as_float, 0.4, check=lambda v: None if 0 < v < 1 else "a value in (0, 1)"),
+        "reducer_patience": Key(_as_int, 4, check=_non_negative),
+        "epoch_change_infer": Key(_as_bool, True),
+        "epoch_change_infer_dir": Key(_as_str, "./epoch_change_infer", path=True),
+        "num_infer_images": Key(_as_int, 6, check=_non_negative),
+        "save_weights_only": Key(_as_bool, True),
+        "steps_per_epoch": Key(_as_optional_int, None),
+        "validation_steps": Key(_as_optional_int, None),
+        # Ours, beyond the reference:
+        "seed": Key(_as_int, 137),
+        "mixed_precision": Key(_as_bool, False),
+        "strategy": Key(_as_str, "default", check=_one_of("default", "mirrored", "multiworker")),
+        "crop_size": Key(_as_optional_pair, None, check=_positive_pair),
+        "random_flips": Key(_as_bool, False),
+        "foreground_bias": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= 1 else "a value in [0, 1]"),
+        "max_train_seconds": Key(lambda v: None if v is None else _as_float(v), None),
+    },
+    "valid": {
+        "images_dir": Key(_as_str, "../../../dataset/Tiled-EDF-Cervical-Cytology/valid/images/", path=True),
+        "masks_dir": Key(_as_str, "../../../dataset/Tiled-EDF-Cervical-Cytology/valid/masks/", path=True),
+    },
+    "test": {
+        "images_dir": Key(_as_str, "../../../dataset/Tiled-EDF-Cervical-Cytology/test/images/", path=True),
+        "masks_dir": Key(_as_str, "../../../dataset/Tiled-EDF-Cervical-Cytology/test/masks/", path=True),
+    },
+    "infer": {
+        "images_dir": Key(_as_str, "./mini_test/images/", path=True),
+        "output_dir": Key(_as_str, "./mini_test_output/", path=True),
+    },
+    "image": {
+        "color_order": Key(_as_str, "RGB", check=_one_of("RGB", "BGR")),
+    },
+    "mask": {
+        "mask_file_format": Key(_as_str, ".png"),
+        "rgb_map": Key(_as_rgb_map, {(0, 0, 0): 0, (255, 255, 255): 1}),
+    },
+}
+
+
+class Section:
+    """Attribute access to one section's typed values."""
+
+    def __init__(self, name: str, values: dict[str, Any]):
+        self._name = name
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if not k.startswith("_"))
+        return f"[{self._name}] {items}"
+
+
+@dataclass
+class Config:
+    path: Path
+    model: Section
+    dataset: Section
+    train: Section
+    valid: Section
+    test: Section
+    infer: Section
+    image: Section
+    mask: Section
+    raw: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.model.image_height, self.model.image_width
+
+    def values(self) -> dict[str, dict[str, Any]]:
+        """Every typed value, by section (for provenance records)."""
+        return {name: {k: (str(v) if isinstance(v, Path) else v) for k, v in getattr(self, name).__dict__.items()
+                       if not k.startswith("_")} for name in SCHEMA}
+
+
+def _convert(section: str, key: str, text: str, folder: Path, source: str) -> Any:
+    spec = SCHEMA[section][key]
+    value = _literal(text.strip())
+    try:
+        parsed = spec.parse(value)
+    except TypeError as err:
+        raise ConfigError(f"{source}: [{section}] {key} = {text.strip()}: expected {err}") from None
+    if spec.check is not None and parsed is not None:
+        expected = spec.check(parsed)
+        if expected:
+            raise ConfigError(f"{source}: [{section}] {key} = {text.strip()}: expected {expected}")
+    if spec.path and parsed is not None:
+        parsed = (folder / Path(parsed).expanduser()).resolve()
+    if key == "base_kernels" and any(k <= 0 or k % 2 == 0 for k in parsed):
+        raise ConfigError(f"{source}: [{section}] {key} = {text.strip()}: expected odd kernel sizes like (9,9)")
+    return parsed
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """'train.epochs=3' → ('train', 'epochs', '3')."""
+    name, sep, value = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.epochs=3")
+    return section.strip().lower(), key.strip().lower(), value
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    """Read, type and validate a config; ``overrides`` are 'section.key=value' strings (``--set``)."""
+    path = Path(path).expanduser().resolve()
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"), strict=False)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config ({err})") from None
+    except configparser.Error as err:
+        raise ConfigError(f"{path}: not an INI config ({err.message.splitlines()[0]})") from None
+
+    raw: dict[str, dict[str, str]] = {name: {} for name in SCHEMA}
+    for section in parser.sections():
+        name = section.strip().lower()
+        if name not in SCHEMA:
+            warnings.warn(f"{path}: unknown section [{section}] ignored", stacklevel=2)
+            continue
+        for key, text in parser.items(section):
+            if key not in SCHEMA[name]:
+                warnings.warn(f"{path}: unknown key [{name}] {key} ignored", stacklevel=2)
+                continue
+            raw[name][key] = text
+    for override in overrides:
+        section, key, text = parse_override(override)
+        if section not in SCHEMA or key not in SCHEMA[section]:
+            raise ConfigError(f"--set {override!r}: no such key [{section}] {key}")
+        raw[section][key] = text
+
+    sections = {}
+    for name, keys in SCHEMA.items():
+        values = {}
+        for key, spec in keys.items():
+            if key in raw[name]:
+                values[key] = _convert(name, key, raw[name][key], path.parent, str(path))
+            else:
+                default = spec.default
+                values[key] = (path.parent / default).resolve() if spec.path and default is not None else default
+        sections[name] = Section(name, values)
+    config = Config(path=path, raw=raw, **sections)
+    classes = sorted(set(config.mask.rgb_map.values()))
+    if classes != list(range(config.model.num_classes)):
+        raise ConfigError(f"{path}: [mask] rgb_map classes {classes} do not match [model] num_classes = "
+                          f"{config.model.num_classes}")
+    return config

@@ -1,0 +1,380 @@
+"""Streaming tf.data input for the prep tile layout (DESIGN.md §3): image tiles → (image in 0..1, one-hot mask).
+
+Only file names are listed and shuffled; tiles are read and decoded inside the pipeline, so memory holds a few
+batches, never the dataset. Crops, flips and foreground-biased windows use stateless random ops whose seeds come
+from ``seed``: one seed gives the same batches on every run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff")  # tf.io.decode_image cannot read TIFF: those go through OpenCV
+SHUFFLE_BUFFER = 256
+PREFLIGHT_FILES = 8
+COLOR_ORDERS = ("RGB", "BGR")
+
+RgbMap = Mapping[tuple[int, int, int], int]
+
+
+class DataError(ValueError):
+    """A data folder, file or config value that does not fit; the message names it."""
+
+
+def list_pairs(
+    images_dir: Path, masks_dir: Path, mask_file_format: str = ".png", section: str = "train"
+) -> tuple[list[str], list[str]]:
+    """Sorted image files of ``images_dir`` and their masks (same stem + ``mask_file_format``) in ``masks_dir``."""
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    _require_folder(images_dir, f"[{section}] images_dir")
+    _require_folder(masks_dir, f"[{section}] masks_dir")
+    mask_suffix = mask_file_format if mask_file_format.startswith(".") else f".{mask_file_format}"
+
+    images = sorted(path for path in _visible_files(images_dir) if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(
+            f"[{section}] images_dir: {images_dir} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})"
+        )
+    mask_names = {path.name for path in _visible_files(masks_dir) if path.suffix.lower() == mask_suffix.lower()}
+    expected = [image.stem + mask_suffix for image in images]
+    missing = [image.name for image, mask in zip(images, expected, strict=True) if mask not in mask_names]
+    if missing:
+        others = f" ({len(missing)} of {len(images)} images lack a mask)" if len(missing) > 1 else ""
+        raise DataError(f"[{section}] masks_dir: no mask for {missing[0]} in {masks_dir}{others}")
+    orphans = sorted(mask_names - set(expected))
+    if orphans:
+        shown = ", ".join(orphans[:5]) + (", …" if len(orphans) > 5 else "")
+        warnings.warn(
+            f"[{section}] masks_dir: {len(orphans)} mask(s) in {masks_dir} have no image and are ignored: {shown}",
+            stacklevel=2,
+        )
+    return [str(path) for path in images], [str(masks_dir / name) for name in expected]
+
+
+def dataset_size(image_paths: Sequence[str]) -> int:
+    """Number of tiles (one per image path)."""
+    return len(image_paths)
+
+
+def check_masks(mask_paths: Sequence[str], rgb_map: RgbMap, limit: int = PREFLIGHT_FILES) -> None:
+    """Eager pre-flight: the first ``limit`` masks hold only colours of ``rgb_map`` (the pipeline checks them all)."""
+    known = {_rgb_key(colour) for colour in _validated_colours(rgb_map)}
+    for path in list(mask_paths)[:limit]:
+        rgb = _read_rgb(path, "mask")
+        keys = np.unique(_rgb_keys_numpy(rgb))
+        unknown = keys[~np.isin(keys, list(known))]
+        if unknown.size:
+            key = int(unknown[0])
+            value = f"({key >> 16},{(key >> 8) & 255},{key & 255})"
+            raise DataError(f"mask {path}: value {value} is not in [mask] rgb_map {_format_rgb_map(rgb_map)}")
+
+
+def check_sizes(
+    image_paths: Sequence[str],
+    mask_paths: Sequence[str],
+    image_size: tuple[int, int],
+    crop_size: tuple[int, int] | None = None,
+    limit: int = PREFLIGHT_FILES,
+) -> None:
+    """Eager pre-flight: the first ``limit`` tiles have the configured size (height, width) and masks match images.
+
+    With ``crop_size`` a tile need only be at least the crop; otherwise it must be exactly ``image_size``.
+    """
+    for image_path, mask_path in list(zip(image_paths, mask_paths, strict=True))[:limit]:
+        image_hw = _read_rgb(image_path, "image").shape[:2]
+        mask_hw = _read_rgb(mask_path, "mask").shape[:2]
+        if mask_hw != image_hw:
+            raise DataError(
+                f"mask {mask_path}: size {_hw(mask_hw)} differs from its image {image_path} ({_hw(image_hw)})"
+            )
+        if crop_size is None and tuple(image_hw) != tuple(image_size):
+            raise DataError(
+                f"image {image_path}: size {_hw(image_hw)} does not fit [model] image_height × image_width = "
+                f"{_hw(image_size)}: the config does not fit the dataset"
+            )
+        if crop_size is not None and (image_hw[0] < crop_size[0] or image_hw[1] < crop_size[1]):
+            raise DataError(f"image {image_path}: size {_hw(image_hw)} is smaller than the crop {_hw(crop_size)}")
+
+
+def make_dataset(
+    image_paths: Sequence[str],
+    mask_paths: Sequence[str],
+    rgb_map: RgbMap,
+    num_classes: int,
+    image_size: tuple[int, int],
+    image_channels: int = 3,
+    batch_size: int = 2,
+    shuffle: bool = False,
+    seed: int | None = 137,
+    crop_size: tuple[int, int] | None = None,
+    random_flips: bool = False,
+    repeat: bool = False,
+    color_order: str = "RGB",
+    foreground_bias: float = 0.0,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Batches of (image float32 (B,H,W,C) in 0..1, one-hot mask float32 (B,H,W,num_classes)).
+
+    ``image_size`` and ``crop_size`` are (height, width). Without a crop every tile must be ``image_size``; with
+    one, each tile yields one random ``crop_size`` window (the same for image and mask) that, with probability
+    ``foreground_bias``, contains a random foreground (class > 0) pixel. ``seed=None`` gives unseeded randomness
+    and lets parallel decoding return elements out of order.
+    """
+    image_paths, mask_paths = [str(path) for path in image_paths], [str(path) for path in mask_paths]
+    _validate_arguments(
+        image_paths, mask_paths, num_classes, image_size, image_channels, batch_size, crop_size, color_order,
+        foreground_bias,
+    )
+    colours = _validated_colours(rgb_map)
+    class_of_colour = [int(rgb_map[colour]) for colour in colours]
+    _validate_classes(rgb_map, num_classes)
+    uses_tiff = any(Path(path).suffix.lower() in TIFF_SUFFIXES for path in image_paths + mask_paths)
+    decode = _decode_with_opencv if uses_tiff else _decode_with_tensorflow
+    rgb_map_text = _format_rgb_map(rgb_map)
+
+    def load(paths: tuple[tf.Tensor, tf.Tensor], draw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image_path, mask_path = paths
+        image = decode(image_path, image_channels)
+        labels = _mask_to_labels(decode(mask_path, 3), mask_path, colours, class_of_colour, rgb_map_text)
+        image, labels = _check_tile_size(image, labels, image_path, mask_path, image_size, crop_size)
+        # One stateless draw per element: (foreground?, which pixel, window y, window x, flip v, flip h).
+        uniforms = tf.random.stateless_uniform([6], seed=tf.stack([tf.constant(seed or 0, tf.int64), draw]))
+        if crop_size is not None:
+            image, labels = _random_crop(image, labels, crop_size, uniforms, foreground_bias)
+        if random_flips:
+            image, labels = _random_flips(image, labels, uniforms)
+        if color_order == "BGR" and image_channels == 3:
+            image = tf.reverse(image, axis=[-1])
+        height, width = crop_size or image_size
+        image = tf.ensure_shape(tf.cast(image, tf.float32) / 255.0, (height, width, image_channels))
+        mask = tf.ensure_shape(tf.one_hot(labels, num_classes, dtype=tf.float32), (height, width, num_classes))
+        return image, mask
+
+    files = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
+    if shuffle:
+        files = files.shuffle(min(len(image_paths), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        files = files.repeat()
+    # Per-element seeds: a seeded stream that is redrawn each iteration, so each epoch gets fresh crops and flips
+    # while the first pass (and every later one) is reproducible for a given seed.
+    draws = tf.data.Dataset.random(seed=None if seed is None else seed + 1, rerandomize_each_iteration=True)
+    dataset = tf.data.Dataset.zip(files, draws).map(
+        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = seed is not None
+    # The source is a list of names, not files tf.data can shard by: shard by element, without the AUTO fallback.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+# --- graph pieces -----------------------------------------------------------------------------------------------
+
+
+def _decode_with_tensorflow(path: tf.Tensor, channels: int) -> tf.Tensor:
+    # PNG/JPEG/BMP/GIF; 16-bit PNGs are scaled to uint8, alpha dropped, grey replicated when channels == 3.
+    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, dtype=tf.uint8, expand_animations=False)
+    return tf.ensure_shape(image, (None, None, channels))
+
+
+def _decode_with_opencv(path: tf.Tensor, channels: int) -> tf.Tensor:
+    image = tf.numpy_function(lambda name: _read_opencv(name.decode(), channels), [path], tf.uint8, stateful=False)
+    return tf.ensure_shape(image, (None, None, channels))
+
+
+def _read_opencv(path: str, channels: int) -> np.ndarray:
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    image = cv2.imdecode(np.fromfile(path, np.uint8), flag)
+    if image is None:
+        raise ValueError(f"{path}: cannot be decoded as an image")
+    return image[:, :, None] if channels == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _mask_to_labels(
+    rgb: tf.Tensor, path: tf.Tensor, colours: list[tuple[int, int, int]], classes: list[int], rgb_map_text: str
+) -> tf.Tensor:
+    """Class index (H,W) int32 of each mask pixel; a colour outside rgb_map fails with the file and the value."""
+    rgb = tf.cast(rgb, tf.int32)
+    keys = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
+    matches = tf.equal(keys[..., None], tf.constant([_rgb_key(colour) for colour in colours], tf.int32))
+    known = tf.reduce_any(matches, axis=-1)
+    first_unknown = tf.argmin(tf.cast(tf.reshape(known, [-1]), tf.int32))
+    value = tf.strings.reduce_join(tf.strings.as_string(tf.reshape(rgb, [-1, 3])[first_unknown]), separator=",")
+    message = tf.strings.join(["mask ", path, ": value (", value, ") is not in [mask] rgb_map ", rgb_map_text])
+    assertion = tf.debugging.Assert(tf.reduce_all(known), [message])
+    with tf.control_dependencies([assertion]):
+        return tf.gather(tf.constant(classes, tf.int32), tf.argmax(matches, axis=-1, output_type=tf.int32))
+
+
+def _check_tile_size(
+    image: tf.Tensor,
+    labels: tf.Tensor,
+    image_path: tf.Tensor,
+    mask_path: tf.Tensor,
+    image_size: tuple[int, int],
+    crop_size: tuple[int, int] | None,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    image_hw, mask_hw = tf.shape(image)[:2], tf.shape(labels)
+    same = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(image_hw, mask_hw)),
+        [tf.strings.join(["mask ", mask_path, ": size ", _hw_text(mask_hw), " differs from its image ", image_path,
+                          " (", _hw_text(image_hw), ")"])],
+    )
+    if crop_size is None:
+        fits = tf.reduce_all(tf.equal(image_hw, image_size))
+        expected = f" does not fit [model] image_height × image_width = {_hw(image_size)}: the config does not fit"
+        expected += " the dataset"
+    else:
+        fits = tf.reduce_all(tf.greater_equal(image_hw, crop_size))
+        expected = f" is smaller than the crop {_hw(crop_size)}"
+    size = tf.debugging.Assert(fits, [tf.strings.join(["image ", image_path, ": size ", _hw_text(image_hw), expected])])
+    with tf.control_dependencies([same, size]):
+        return tf.identity(image), tf.identity(labels)
+
+
+def _random_crop(
+    image: tf.Tensor, labels: tf.Tensor, crop_size: tuple[int, int], uniforms: tf.Tensor, foreground_bias: float
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One window for image and mask; with probability ``foreground_bias`` it holds a random foreground pixel."""
+    crop_height, crop_width = crop_size
+    shape = tf.shape(labels)
+    last_y, last_x = shape[0] - crop_height, shape[1] - crop_width
+
+    def uniform_window() -> tuple[tf.Tensor, tf.Tensor]:
+        return _pick(uniforms[2], 0, last_y), _pick(uniforms[3], 0, last_x)
+
+    if foreground_bias > 0:
+        foreground = tf.where(labels > 0)
+        count = tf.shape(foreground)[0]
+
+        def window_around_foreground() -> tuple[tf.Tensor, tf.Tensor]:
+            pixel = tf.cast(foreground[_pick(uniforms[1], 0, count - 1)], tf.int32)
+            # Top-left corners whose window covers the pixel and stays inside the tile.
+            y = _pick(uniforms[2], tf.maximum(0, pixel[0] - crop_height + 1), tf.minimum(pixel[0], last_y))
+            x = _pick(uniforms[3], tf.maximum(0, pixel[1] - crop_width + 1), tf.minimum(pixel[1], last_x))
+            return y, x
+
+        y, x = tf.cond((uniforms[0] < foreground_bias) & (count > 0), window_around_foreground, uniform_window)
+    else:
+        y, x = uniform_window()
+    image = tf.slice(image, [y, x, 0], [crop_height, crop_width, -1])
+    labels = tf.slice(labels, [y, x], [crop_height, crop_width])
+    return image, labels
+
+
+def _random_flips(image: tf.Tensor, labels: tf.Tensor, uniforms: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    for axis, draw in ((0, uniforms[4]), (1, uniforms[5])):
+        flip = draw < 0.5  # a scalar condition: tf.where picks the whole tensor
+        image = tf.where(flip, tf.reverse(image, [axis]), image)
+        labels = tf.where(flip, tf.reverse(labels, [axis]), labels)
+    return image, labels
+
+
+def _pick(uniform: tf.Tensor, low: tf.Tensor | int, high: tf.Tensor | int) -> tf.Tensor:
+    """An integer in [low, high] from a uniform draw in [0, 1)."""
+    low, high = tf.cast(low, tf.int32), tf.cast(high, tf.int32)
+    offset = tf.cast(tf.floor(uniform * tf.cast(high - low + 1, tf.float32)), tf.int32)
+    return low + tf.minimum(offset, high - low)  # float rounding must never step past ``high``
+
+
+def _hw_text(hw: tf.Tensor) -> tf.Tensor:
+    return tf.strings.reduce_join(tf.strings.as_string(hw), separator="×")
+
+
+# --- eager helpers ----------------------------------------------------------------------------------------------
+
+
+def _require_folder(folder: Path, key: str) -> None:
+    if not folder.exists():
+        raise DataError(f"{key}: {folder} does not exist")
+    if not folder.is_dir():
+        raise DataError(f"{key}: {folder} is not a folder")
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    return [path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")]
+
+
+def _read_rgb(path: str, what: str) -> np.ndarray:
+    """8-bit RGB as the pipeline sees it (OpenCV scales 16-bit, drops alpha and replicates grey the same way)."""
+    try:
+        bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+    except OSError as error:
+        raise DataError(f"{what} {path}: cannot be read ({error.strerror or error})") from error
+    if bgr is None:
+        raise DataError(f"{what} {path}: cannot be decoded as an image")
+    return bgr[:, :, ::-1]
+
+
+def _rgb_key(colour: Sequence[int]) -> int:
+    return (int(colour[0]) << 16) | (int(colour[1]) << 8) | int(colour[2])
+
+
+def _rgb_keys_numpy(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _validated_colours(rgb_map: RgbMap) -> list[tuple[int, int, int]]:
+    if not rgb_map:
+        raise DataError("[mask] rgb_map: is empty; expected {(r,g,b): class, ...}")
+    for colour in rgb_map:
+        is_triple = isinstance(colour, tuple) and len(colour) == 3
+        if not (is_triple and all(isinstance(v, (int, np.integer)) and 0 <= v <= 255 for v in colour)):
+            raise DataError(f"[mask] rgb_map: key {colour!r} is not an (r,g,b) triple of integers 0..255")
+    return list(rgb_map)
+
+
+def _validate_classes(rgb_map: RgbMap, num_classes: int) -> None:
+    for colour, index in rgb_map.items():
+        if not (isinstance(index, (int, np.integer)) and 0 <= index < num_classes):
+            raise DataError(
+                f"[mask] rgb_map: class {index!r} of {colour} is outside 0..{num_classes - 1} "
+                f"([model] num_classes = {num_classes})"
+            )
+
+
+def _validate_arguments(
+    image_paths: list[str],
+    mask_paths: list[str],
+    num_classes: int,
+    image_size: tuple[int, int],
+    image_channels: int,
+    batch_size: int,
+    crop_size: tuple[int, int] | None,
+    color_order: str,
+    foreground_bias: float,
+) -> None:
+    if not image_paths:
+        raise DataError("no image tiles to read")
+    if len(image_paths) != len(mask_paths):
+        raise DataError(f"{len(image_paths)} images but {len(mask_paths)} masks")
+    if num_classes < 1:
+        raise DataError(f"[model] num_classes: {num_classes} must be at least 1")
+    if image_channels not in (1, 3):
+        raise DataError(f"[model] image_channels: {image_channels} must be 1 or 3")
+    if batch_size < 1:
+        raise DataError(f"[train] batch_size: {batch_size} must be at least 1")
+    if color_order not in COLOR_ORDERS:
+        raise DataError(f"[image] color_order: {color_order!r} must be one of {', '.join(COLOR_ORDERS)}")
+    if not 0.0 <= foreground_bias <= 1.0:
+        raise DataError(f"foreground_bias: {foreground_bias} must be in [0, 1]")
+    for name, size in (("[model] image_height, image_width", image_size), ("crop size", crop_size)):
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            raise DataError(f"{name}: {size} must be two positive integers (height, width)")
+
+
+def _format_rgb_map(rgb_map: RgbMap) -> str:
+    return "{" + ", ".join(f"({r},{g},{b}): {index}" for (r, g, b), index in rgb_map.items()) + "}"
+
+
+def _hw(size: Sequence[int]) -> str:
+    return f"{size[0]}×{size[1]}"

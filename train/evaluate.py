@@ -1,0 +1,98 @@
+"""Evaluate the best model on [test]: the reference's evaluation.csv rows first (for comparability), then
+the scores that mean something when nuclei are 1–3 % of the pixels, and one row per test tile."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from train.config import Config
+from train.fit import TrainError, _pairs, build_model, compile_model, run_paths
+
+SCORE_COLUMNS = ("nucleus_dice", "nucleus_iou", "object_precision", "object_recall", "object_f1", "object_dice",
+                 "good_dice", "fnro", "tpp", "fpp", "n_truth", "n_pred", "n_correct", "tp", "fp", "fn")
+
+
+def load_trained(config: Config, image_size: tuple[int | None, int | None] | None = None):
+    """The best model of a run, rebuilt from the config at ``image_size`` (default: the tile size)."""
+    import keras
+
+    paths = run_paths(config)
+    model = build_model(config, image_size)
+    if paths.best.exists():
+        source = paths.best
+        try:
+            model.load_weights(str(source))
+        except (ValueError, KeyError, OSError) as err:
+            raise TrainError(f"{source}: these weights do not fit the model of {config.path} "
+                             f"({str(err).splitlines()[0][:200]})") from None
+    elif paths.best_model.exists():
+        from train.metrics import custom_objects
+
+        source = paths.best_model
+        saved = keras.models.load_model(str(source), custom_objects=custom_objects(), compile=False)
+        try:
+            model.set_weights(saved.get_weights())
+        except ValueError as err:
+            raise TrainError(f"{source}: this model does not fit {config.path} ({err})") from None
+    else:
+        raise TrainError(f"{paths.model_dir}: no trained model ({paths.best.name} or {paths.best_model.name}); "
+                         f"run 'train fit --config {config.path}' first")
+    compile_model(model, config)
+    return model
+
+
+def _foreground(one_hot_or_probabilities: np.ndarray) -> np.ndarray:
+    return np.argmax(one_hot_or_probabilities, axis=-1) >= 1
+
+
+def evaluate(config: Config, overwrite: bool = False, verbose: int | str = "auto") -> dict:
+    """Write evaluation.csv and evaluation_per_image.csv in the config's folder; return the pooled scores."""
+    from train.data import check_masks, check_sizes, make_dataset
+    from train.metrics import pool_scores, score_masks
+
+    target = config.folder / "evaluation.csv"
+    per_image_target = config.folder / "evaluation_per_image.csv"
+    if not overwrite and target.exists():
+        raise TrainError(f"{target} exists (use --overwrite to replace it)")
+    images, masks = _pairs(config, "test")
+    check_masks(masks, config.mask.rgb_map)
+    check_sizes(images, masks, config.image_size)
+    model = load_trained(config)
+    dataset = make_dataset(images, masks, rgb_map=config.mask.rgb_map, num_classes=config.model.num_classes,
+                           image_size=config.image_size, image_channels=config.model.image_channels,
+                           batch_size=config.train.batch_size, shuffle=False, color_order=config.image.color_order)
+    keras_scores = model.evaluate(dataset, return_dict=True, verbose=verbose)
+
+    per_image, names = [], iter(images)
+    for batch_images, batch_truth in dataset:
+        probabilities = model.predict_on_batch(batch_images)
+        for truth, prediction in zip(_foreground(batch_truth.numpy()), _foreground(np.asarray(probabilities)),
+                                     strict=True):
+            per_image.append({"file": Path(next(names)).name, **score_masks(truth, prediction)})
+    pooled = pool_scores([{k: v for k, v in row.items() if k != "file"} for row in per_image])
+
+    loss_name = config.model.loss
+    rows = [(loss_name, keras_scores["loss"]),
+            ("dice_coef_multiclass", keras_scores.get("dice_coef_multiclass", float("nan")))]
+    rows += [(name, pooled[name]) for name in SCORE_COLUMNS if name in pooled]
+    rows += [(f"mean_per_image_{name}", pooled[f"mean_{name}"]) for name in ("nucleus_dice", "nucleus_iou")
+             if f"mean_{name}" in pooled]
+    temporary = target.with_suffix(".csv.tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        for name, value in rows:
+            writer.writerow([name, f"{value:.6g}" if isinstance(value, float) else value])
+    temporary.replace(target)
+    temporary = per_image_target.with_suffix(".csv.tmp")
+    with temporary.open("w", newline="") as handle:
+        columns = ["file", *[c for c in SCORE_COLUMNS if c in per_image[0]]]
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in per_image:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    temporary.replace(per_image_target)
+    return {"rows": rows, "pooled": pooled, "tiles": len(per_image), "evaluation_csv": str(target),
+            "per_image_csv": str(per_image_target)}

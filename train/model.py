@@ -1,0 +1,134 @@
+"""FlexUNet: the configurable U-Net of the reference project (TensorFlowFlexUNet), as one builder function.
+
+Layout, for num_layers = L (level i = 0 … L-1, level L-1 is the bottleneck and is not pooled):
+
+    encoder level i:  conv → [BN] → Dropout(dropout_rate·i) → conv → [BN] → MaxPool 2×2 (not at level L-1)
+    decoder level i:  Conv2DTranspose 2×2/2 → concat(skip of level i) → conv → [BN] → Dropout(dropout_rate·i)
+                      → conv → [BN]          (i = L-2 … 0)
+    head:             1×1 conv to num_classes → final activation (float32, for mixed precision)
+
+Level i has base_filters·2^i filters, kernel sizes base_kernels − 2i (floor 3) and dilation rates dilation − i
+(floor 1); a decoder level uses the same values as the encoder level it joins. With the reference config
+(512×512×3, 2 classes, 16 filters, 9×9 kernels, 8 levels) this is the reference's 124,996,866-parameter model.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+MIN_KERNEL = 3
+MIN_DILATION = 1
+
+
+def max_num_layers(image_height: int, image_width: int) -> int:
+    """The deepest num_layers this image size allows: every one of the num_layers-1 poolings halves an even size."""
+    poolings = 0
+    height, width = image_height, image_width
+    while height % 2 == 0 and width % 2 == 0 and height >= 2 and width >= 2:
+        height, width = height // 2, width // 2
+        poolings += 1
+    return poolings + 1
+
+
+def check_architecture(
+    image_height: int,
+    image_width: int,
+    num_layers: int,
+    base_kernels: tuple[int, int],
+    dilation: tuple[int, int],
+) -> None:
+    """Raise ValueError, naming the config key, for a FlexUNet that cannot be built for this image size."""
+    if image_height < 1 or image_width < 1:
+        raise ValueError(
+            f"[model] image_height/image_width = {image_height}×{image_width}: the image size must be positive"
+        )
+    kernels = tuple(base_kernels)
+    if len(kernels) != 2 or any(k < 1 for k in kernels):
+        raise ValueError(f"[model] base_kernels = {kernels}: expected two positive odd kernel sizes, e.g. (9, 9)")
+    if any(k % 2 == 0 for k in kernels):
+        # An even 'same' kernel shifts features by half a pixel per layer; the reference requires odd sizes too.
+        raise ValueError(f"[model] base_kernels = {kernels}: kernel sizes must be odd, e.g. (9, 9)")
+    rates = tuple(dilation)
+    if len(rates) != 2 or any(d < 1 for d in rates):
+        raise ValueError(f"[model] dilation = {rates}: expected two dilation rates ≥ 1, e.g. (1, 1)")
+    if num_layers < 1:
+        raise ValueError(f"[model] num_layers = {num_layers}: at least 1 level is needed")
+    deepest = max_num_layers(image_height, image_width)
+    if num_layers > deepest:
+        raise ValueError(
+            f"[model] num_layers = {num_layers} is too deep for {image_height}×{image_width}: its "
+            f"{num_layers - 1} poolings need height and width divisible by {2 ** (num_layers - 1)}; "
+            f"the most this size allows is num_layers = {deepest}"
+        )
+
+
+def level_kernel_size(base_kernels: tuple[int, int], level: int) -> tuple[int, int]:
+    return tuple(max(k - 2 * level, MIN_KERNEL) for k in base_kernels)
+
+
+def level_dilation(dilation: tuple[int, int], level: int) -> tuple[int, int]:
+    return tuple(max(d - level, MIN_DILATION) for d in dilation)
+
+
+def build_flexunet(
+    image_height: int,
+    image_width: int,
+    image_channels: int,
+    num_classes: int,
+    base_filters: int = 16,
+    base_kernels: tuple[int, int] = (9, 9),
+    num_layers: int = 8,
+    dropout_rate: float = 0.02,
+    dilation: tuple[int, int] = (1, 1),
+    normalization: bool = False,
+    activation: str = "relu",
+    final_activation: str = "softmax",
+    input_normalize: bool = False,
+    name: str = "FlexUNet",
+) -> keras.Model:
+    """Build FlexUNet (see the module docstring); the output is (N, H, W, num_classes) in float32.
+
+    ``image_height``/``image_width`` may be None for a size-agnostic model (train on crops, validate and
+    predict on whole tiles); inputs must then be divisible by 2^(num_layers-1).
+    """
+    nominal = 2 ** (num_layers - 1) if num_layers >= 1 else 1
+    check_architecture(image_height or nominal, image_width or nominal, num_layers, base_kernels, dilation)
+
+    def conv_block(x, prefix: str, filters: int, level: int):
+        conv_args = {
+            "kernel_size": level_kernel_size(base_kernels, level),
+            "dilation_rate": level_dilation(dilation, level),
+            "activation": activation,
+            "padding": "same",
+            "kernel_initializer": "he_normal",
+        }
+        x = layers.Conv2D(filters, name=f"{prefix}_conv1", **conv_args)(x)
+        if normalization:
+            x = layers.BatchNormalization(name=f"{prefix}_bn1")(x)
+        x = layers.Dropout(dropout_rate * level, name=f"{prefix}_dropout")(x)
+        x = layers.Conv2D(filters, name=f"{prefix}_conv2", **conv_args)(x)
+        if normalization:
+            x = layers.BatchNormalization(name=f"{prefix}_bn2")(x)
+        return x
+
+    inputs = keras.Input((image_height, image_width, image_channels), name="image")
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs) if input_normalize else inputs
+
+    skips = []
+    for level in range(num_layers):
+        x = conv_block(x, f"enc{level}", base_filters * 2**level, level)
+        if level < num_layers - 1:
+            skips.append(x)
+            x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+
+    for level in reversed(range(num_layers - 1)):
+        filters = base_filters * 2**level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = conv_block(x, f"dec{level}", filters, level)
+
+    x = layers.Conv2D(num_classes, 1, name="head_conv")(x)
+    # float32 here keeps softmax and the loss stable when the rest of the model runs in mixed_float16.
+    outputs = layers.Activation(final_activation, dtype="float32", name="head_activation")(x)
+    return keras.Model(inputs, outputs, name=name)
