@@ -20,7 +20,7 @@ TRAIN_FLAGS ?=
 overwrite_flag = $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite,)
 workers_flag   = $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: help setup lint test prepare sample demo stats bench bench-prep train evaluate summary infer clean
+.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train train evaluate summary infer clean
 
 help:
 	@echo "make demo      set up, make the synthetic sample, prepare tiles, train demo_cpu, evaluate"
@@ -31,6 +31,7 @@ help:
 	@echo "make evaluate  train evaluate --config CONFIG: evaluation.csv beside the config"
 	@echo "make summary   build the CONFIG model, print layers and parameter count"
 	@echo "make bench-prep  prep benchmarks (last line: one JSON object)"
+	@echo "make bench-train input pipeline vs in-memory, images/s, reference step time (last line: JSON)"
 	@echo "make lint      ruff"
 
 setup: $(STAMP)
@@ -94,10 +95,13 @@ evaluate: $(STAMP)
 summary: $(STAMP)
 	$(BIN)/train summary --config $(CONFIG) $(TRAIN_FLAGS)
 
-bench: bench-prep
+bench: bench-prep bench-train
 
 bench-prep: $(STAMP)
 	$(BIN)/python bench/bench_prep.py
+
+bench-train: $(STAMP)
+	$(BIN)/python bench/bench_train.py
 
 infer:
 	@echo "make infer: not implemented yet (tracked in issue #4)" >&2; exit 1

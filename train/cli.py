@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-# TensorFlow's C++ start-up chatter is not for our users; real errors still surface as exceptions.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ log (e.g. "failed call to cuInit" on every CPU machine) is not for our users; real
+# errors still surface as exceptions. Set TF_CPP_MIN_LOG_LEVEL yourself to see it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _warn(message, category, filename, lineno, file=None, line=None):

@@ -1,0 +1,116 @@
+"""Training benchmarks: is the tf.data pipeline the bottleneck (streamed tiles vs the same batches held in
+memory, demo_cpu config, side by side in one run), demo_cpu images/s, and the reference config's
+forward+backward seconds per 512² image on this CPU. The last line printed is one JSON object."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from prep.cli import cli as prep_cli  # noqa: E402
+from train.config import load_config  # noqa: E402
+from train.data import list_pairs, make_dataset  # noqa: E402
+from train.fit import build_model, compile_model  # noqa: E402
+
+STEPS = 30
+ROUNDS = 3
+
+
+def tile_dataset(root: Path) -> Path:
+    """A small prepared dataset from the synthetic sample (4 images, default augmentations)."""
+    runner = CliRunner()
+    result = runner.invoke(prep_cli, ["synth", "--output", str(root / "EDF"), "--count", "4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(prep_cli, ["run", "--input", str(root / "EDF"), "--output", str(root / "tiles"),
+                                      "--split", "0.5,0.25,0.25", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return root / "tiles"
+
+
+def timed_fit(model, dataset, steps: int) -> float:
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    return time.perf_counter() - start
+
+
+def pipeline_vs_memory(tiles: Path) -> dict:
+    config = load_config(REPO / "configs" / "demo_cpu.config")
+    t = config.train
+    images, masks = list_pairs(tiles / "train" / "images", tiles / "train" / "masks")
+    streamed = make_dataset(images, masks, rgb_map=config.mask.rgb_map, num_classes=config.model.num_classes,
+                            image_size=config.image_size, batch_size=t.batch_size, shuffle=True, seed=t.seed,
+                            crop_size=t.crop_size, random_flips=t.random_flips, foreground_bias=t.foreground_bias,
+                            repeat=True)
+    held = list(streamed.take(STEPS))  # the very tensors the pipeline makes, now in memory
+    in_memory = tf.data.Dataset.from_tensor_slices((tf.stack([x for x, _ in held]), tf.stack([y for _, y in held])))
+    in_memory = in_memory.repeat()
+    keras.utils.set_random_seed(t.seed)
+    model = build_model(config, (None, None))
+    compile_model(model, config)
+    timed_fit(model, in_memory, 5)  # trace and warm up both input paths
+    timed_fit(model, streamed, 5)
+    streamed_s, memory_s = [], []
+    for _ in range(ROUNDS):  # interleaved, so machine noise hits both alike
+        memory_s.append(timed_fit(model, in_memory, STEPS))
+        streamed_s.append(timed_fit(model, streamed, STEPS))
+    streamed_step = statistics.median(streamed_s) / STEPS
+    memory_step = statistics.median(memory_s) / STEPS
+    return {"demo_streamed_step_ms": 1000 * streamed_step, "demo_in_memory_step_ms": 1000 * memory_step,
+            "streamed_vs_memory": streamed_step / memory_step,
+            "demo_images_per_s": t.batch_size / streamed_step, "demo_batch": t.batch_size,
+            "demo_crop": list(t.crop_size or config.image_size), "demo_params": model.count_params()}
+
+
+def reference_step() -> dict:
+    reference = REPO.parent / "shared" / "data" / "reference-config" / "train_eval_infer.config"
+    config = load_config(reference if reference.is_file() else REPO / "configs" / "edf_cervical.config")
+    model = build_model(config)
+    compile_model(model, config)
+    batch = config.train.batch_size
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (batch, 512, 512, 3)).astype(np.float32)
+    labels = keras.utils.to_categorical(rng.uniform(0, 1, (batch, 512, 512)) > 0.98, 2).astype(np.float32)
+    model.train_on_batch(images, labels)  # trace
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        model.train_on_batch(images, labels)
+        times.append(time.perf_counter() - start)
+    return {"reference_params": model.count_params(), "reference_batch": batch,
+            "reference_cpu_s_per_image": statistics.median(times) / batch}
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        figures = pipeline_vs_memory(tile_dataset(Path(tmp)))
+    print(f"demo_cpu ({figures['demo_params']:,} parameters, batch {figures['demo_batch']} of "
+          f"{figures['demo_crop'][0]}² crops): streamed {figures['demo_streamed_step_ms']:.0f} ms/step, same "
+          f"batches in memory {figures['demo_in_memory_step_ms']:.0f} ms/step → {figures['streamed_vs_memory']:.3f}×;"
+          f" {figures['demo_images_per_s']:.1f} images/s")
+    figures.update(reference_step())
+    print(f"reference config ({figures['reference_params']:,} parameters): forward+backward "
+          f"{figures['reference_cpu_s_per_image']:.2f} s per 512² image on {os.cpu_count()} CPU cores")
+    gpus = tf.config.list_physical_devices("GPU")
+    figures["gpu"] = gpus[0].name if gpus else None
+    if not gpus:
+        print("no GPU here: the reference config with mixed precision on/off needs one (see README)")
+    figures["cpu_count"] = os.cpu_count()
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
