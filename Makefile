@@ -16,6 +16,10 @@ DEMO_DIR   ?= demo-output
 WORKERS    ?=
 CONFIG     ?= configs/demo_cpu.config
 TRAIN_FLAGS ?=
+INPUT      ?=
+GT         ?=
+SPLIT      ?= test
+INFER_FLAGS ?=
 
 overwrite_flag = $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite,)
 workers_flag   = $(if $(WORKERS),--workers $(WORKERS),)
@@ -30,6 +34,7 @@ help:
 	@echo "make train     train fit --config CONFIG (default configs/demo_cpu.config) [TRAIN_FLAGS=...]"
 	@echo "make evaluate  train evaluate --config CONFIG: evaluation.csv beside the config"
 	@echo "make summary   build the CONFIG model, print layers and parameter count"
+	@echo "make infer     full-size masks of DATASET's test sources (or INPUT=… [GT=…]) with CONFIG's model"
 	@echo "make bench-prep  prep benchmarks (last line: one JSON object)"
 	@echo "make bench-train input pipeline vs in-memory, images/s, reference step time (last line: JSON)"
 	@echo "make lint      ruff"
@@ -65,7 +70,7 @@ DEMO_SET = --set train.images_dir=./dataset/train/images --set train.masks_dir=.
 	--set valid.images_dir=./dataset/valid/images --set valid.masks_dir=./dataset/valid/masks \
 	--set test.images_dir=./dataset/test/images --set test.masks_dir=./dataset/test/masks \
 	--set train.model_dir=./models --set train.eval_dir=./eval \
-	--set train.epoch_change_infer_dir=./epoch_change_infer $(DEMO_FLAGS)
+	--set train.epoch_change_infer_dir=./epoch_change_infer --set infer.output_dir=./infer $(DEMO_FLAGS)
 DEMO_FLAGS ?=
 
 demo: $(STAMP) $(SAMPLE_DIR)/EDF000.png
@@ -74,6 +79,8 @@ demo: $(STAMP) $(SAMPLE_DIR)/EDF000.png
 	cp configs/demo_cpu.config $(DEMO_DIR)/train_eval_infer.config
 	$(BIN)/train fit --config $(DEMO_DIR)/train_eval_infer.config $(DEMO_SET) --overwrite
 	$(BIN)/train evaluate --config $(DEMO_DIR)/train_eval_infer.config $(DEMO_SET) --overwrite
+	$(BIN)/infer --config $(DEMO_DIR)/train_eval_infer.config $(DEMO_SET) --dataset $(DEMO_DIR)/dataset \
+		--split test --overwrite $(INFER_FLAGS)
 	@echo
 	@echo "demo results:"
 	@echo "  synthetic EDF sample   $(SAMPLE_DIR)/ (EDFnnn.png + EDFnnn_GT.png)"
@@ -84,7 +91,8 @@ demo: $(STAMP) $(SAMPLE_DIR)/EDF000.png
 	@echo "  training curves        $(DEMO_DIR)/eval/train_losses.png, train_metrics.png (+ CSVs, history.json)"
 	@echo "  per-epoch predictions  $(DEMO_DIR)/epoch_change_infer/epoch_NNN.png (image | truth | prediction)"
 	@echo "  test scores            $(DEMO_DIR)/evaluation.csv, $(DEMO_DIR)/evaluation_per_image.csv"
-	@echo "  (full-size inference by stitching joins the demo with issue #4)"
+	@echo "  full-size predictions  $(DEMO_DIR)/infer/EDFnnn.png (mask), overlays/, predictions.csv, nuclei.csv,"
+	@echo "                         scores.csv: the test split's whole source images, never seen in training"
 
 train: $(STAMP)
 	$(BIN)/train fit --config $(CONFIG) $(TRAIN_FLAGS)
@@ -103,8 +111,10 @@ bench-prep: $(STAMP)
 bench-train: $(STAMP)
 	$(BIN)/python bench/bench_train.py
 
-infer:
-	@echo "make infer: not implemented yet (tracked in issue #4)" >&2; exit 1
+# Default: the full-size source images of DATASET's test split, scored against their GT; or INPUT=file|dir [GT=dir].
+infer: $(STAMP)
+	$(BIN)/infer --config $(CONFIG) $(if $(INPUT),--input $(INPUT) $(if $(GT),--gt $(GT),),--dataset $(DATASET) \
+		--split $(SPLIT)) --overwrite $(INFER_FLAGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

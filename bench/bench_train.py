@@ -54,7 +54,7 @@ def pipeline_vs_memory(tiles: Path) -> dict:
     streamed = make_dataset(images, masks, rgb_map=config.mask.rgb_map, num_classes=config.model.num_classes,
                             image_size=config.image_size, batch_size=t.batch_size, shuffle=True, seed=t.seed,
                             crop_size=t.crop_size, random_flips=t.random_flips, foreground_bias=t.foreground_bias,
-                            repeat=True)
+                            crops_per_tile=t.crops_per_tile, repeat=True)
     held = list(streamed.take(STEPS))  # the very tensors the pipeline makes, now in memory
     in_memory = tf.data.Dataset.from_tensor_slices((tf.stack([x for x, _ in held]), tf.stack([y for _, y in held])))
     in_memory = in_memory.repeat()
@@ -72,7 +72,8 @@ def pipeline_vs_memory(tiles: Path) -> dict:
     return {"demo_streamed_step_ms": 1000 * streamed_step, "demo_in_memory_step_ms": 1000 * memory_step,
             "streamed_vs_memory": streamed_step / memory_step,
             "demo_images_per_s": t.batch_size / streamed_step, "demo_batch": t.batch_size,
-            "demo_crop": list(t.crop_size or config.image_size), "demo_params": model.count_params()}
+            "demo_crop": list(t.crop_size or config.image_size), "demo_crops_per_tile": t.crops_per_tile,
+            "demo_params": model.count_params()}
 
 
 def reference_step() -> dict:

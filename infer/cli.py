@@ -1,12 +1,117 @@
-"""`infer` command line. Its commands arrive with issue #4; until then it only says so."""
+"""``infer`` command line: full-size nucleus masks for EDF images by stitching tile predictions."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
 
 import click
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see train/cli.py
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
-    """Not implemented yet (issue #4): this group has no commands."""
+
+def _warn(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="The training config (its model and [infer] folders).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config key.")
+@click.option("--input", "input_path", type=click.Path(path_type=Path),
+              help="Image file or folder (default: [infer] images_dir). *_GT files are skipped.")
+@click.option("--output", "output_path", type=click.Path(path_type=Path),
+              help="Output folder (default: [infer] output_dir).")
+@click.option("--overlap", type=click.FloatRange(0, 0.9), default=0.25, show_default=True,
+              help="Tile overlap fraction; overlapping predictions are blended with Gaussian weights.")
+@click.option("--tta/--no-tta", default=False, show_default=True,
+              help="Average the 4 flips (4× the prediction cost; --tta-mode 8 for all 8 rotations/flips, 8×).")
+@click.option("--tta-mode", type=click.Choice(["4", "8"]), default="4", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per predict.")
+@click.option("--save-prob", is_flag=True, help="Also write probabilities/<stem>.npy (float32 nucleus probability).")
+@click.option("--gt", "gt_dir", type=click.Path(path_type=Path),
+              help="Folder of ground truth (ISBI layout EDFnnn_GT.png): score every prediction.")
+@click.option("--dataset", "dataset_path", type=click.Path(path_type=Path),
+              help="A `prep run` output: predict the full-size source images of --split (scored against their GT).")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True,
+              help="With --dataset: whose sources to predict.")
+@click.option("--mode", type=click.Choice(["full", "tiles"]), default="full", show_default=True,
+              help="tiles: images already the model's size are predicted whole, without resizing (the "
+                   "reference's mini-test); other sizes are stitched.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Nucleus probability above which a pixel is nucleus.")
+@click.option("--min-area", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Remove predicted nuclei smaller than this many pixels.")
+@click.option("--fill-holes", is_flag=True, help="Fill holes inside predicted nuclei.")
+@click.option("--split-touching", is_flag=True, help="Split touching nuclei (distance-transform watershed).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--progress/--no-progress", default=True)
+def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path | None, overlap: float, tta: bool,
+        tta_mode: str, batch_size: int, save_prob: bool, gt_dir: Path | None, dataset_path: Path | None, split: str,
+        mode: str, threshold: float,
+        min_area: int, fill_holes: bool, split_touching: bool, overwrite: bool, progress: bool) -> None:
+    """Predict full-size nucleus masks: mask PNG (same size, 0/255), overlays/, predictions.csv, nuclei.csv,
+    and with --gt scores.csv."""
+    warnings.showwarning = _warn
+    from tqdm import tqdm
+
+    from infer.run import InferError, InferOptions, dataset_sources, find_truth, list_inputs, predict_folder
+    from train.config import ConfigError, load_config
+    from train.fit import TrainError
+
+    try:
+        config = load_config(config_path, overrides)
+        truth_of = None
+        if dataset_path is not None:
+            if input_path is not None:
+                raise InferError("--dataset and --input: give one of them")
+            truths = dict(dataset_sources(dataset_path, split))
+            inputs = list(truths)
+            truth_of = truths.get
+        else:
+            inputs = list_inputs(input_path or config.infer.images_dir)
+        if gt_dir is not None:
+            if not gt_dir.is_dir():
+                raise InferError(f"{gt_dir}: --gt folder does not exist")
+            truth_of = lambda image: find_truth(gt_dir, image)  # noqa: E731
+        from train.evaluate import load_trained
+
+        model = load_trained(config)
+        options = InferOptions(overlap=overlap, tta=int(tta_mode) if tta else 0, batch_size=batch_size,
+                               save_prob=save_prob, mode=mode, threshold=threshold, min_area=min_area,
+                               fill_holes=fill_holes, split_touching=split_touching)
+        output = (output_path or config.infer.output_dir).expanduser()
+        bar = tqdm(total=len(inputs), unit="image", desc="infer", disable=not progress, file=sys.stderr)
+        try:
+            result = predict_folder(config, model, inputs, output, options, truth_of, overwrite,
+                                    progress=lambda _: bar.update(1))
+        finally:
+            bar.close()
+    except (ConfigError, InferError, TrainError) as err:
+        raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing written", err=True)
+        sys.exit(130)
+
+    done = len(result.rows)
+    click.echo(f"predicted {done} image(s) into {output}: masks, overlays/, predictions.csv, nuclei.csv"
+               + (", probabilities/" if save_prob else "") + (", scores.csv" if result.scores else ""))
+    if result.pooled:
+        p = result.pooled
+        click.echo(f"scores over {len(result.scores)} image(s): nucleus Dice {p['nucleus_dice']:.4f} (pooled), "
+                   f"{p['mean_nucleus_dice']:.4f} (mean per image); IoU {p['nucleus_iou']:.4f}; object F1 "
+                   f"{p['object_f1']:.4f}; FNRo {p['fnro']:.4f}")
+    if result.failures:
+        click.echo(f"error: {len(result.failures)} image(s) could not be read: {', '.join(result.failures)}",
+                   err=True)
+        sys.exit(1)
 
 
 def main() -> None:
     cli(prog_name="infer")
+
+
+if __name__ == "__main__":
+    main()

@@ -93,6 +93,24 @@ def test_crop_and_flip_use_one_window_for_image_and_mask(tmp_path: Path):
     assert len(corners) > 5 and len(flips) == 4  # windows and flips vary
 
 
+def test_several_crops_per_decoded_tile(tmp_path: Path):
+    images, masks, pattern = write_position_tiles(tmp_path)
+    one = make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=4, crop_size=(16, 16), seed=3)
+    many = make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=4, crop_size=(16, 16), seed=3,
+                        crops_per_tile=5, shuffle=True, random_flips=True)
+    assert sum(b[0].shape[0] for b in one) * 5 == sum(b[0].shape[0] for b in many)
+    corners = set()
+    for image, mask in many.as_numpy_iterator():
+        for tile_image, tile_mask in zip(image, mask, strict=True):
+            ys = np.rint(tile_image[:, :, 0] * 255 / 4).astype(int)
+            xs = np.rint(tile_image[:, :, 1] * 255 / 4).astype(int)
+            np.testing.assert_array_equal(tile_mask[:, :, 1] == 1.0, pattern[ys, xs])  # still one window each
+            corners.add((ys.min(), xs.min()))
+    assert len(corners) > 5  # the windows of one tile differ
+    with pytest.raises(DataError, match="crops_per_tile"):
+        make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), crops_per_tile=2)
+
+
 def test_foreground_bias_one_always_holds_nucleus_pixels(tmp_path: Path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

@@ -183,6 +183,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "mixed_precision": Key(_as_bool, False),
         "strategy": Key(_as_str, "default", check=_one_of("default", "mirrored", "multiworker")),
         "crop_size": Key(_as_optional_pair, None, check=_positive_pair),
+        "crops_per_tile": Key(_as_int, 1, check=_positive),
         "random_flips": Key(_as_bool, False),
         "foreground_bias": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= 1 else "a value in [0, 1]"),
         "max_train_seconds": Key(lambda v: None if v is None else _as_float(v), None),

@@ -119,14 +119,19 @@ def make_dataset(
     color_order: str = "RGB",
     foreground_bias: float = 0.0,
     drop_remainder: bool = False,
+    crops_per_tile: int = 1,
 ) -> tf.data.Dataset:
     """Batches of (image float32 (B,H,W,C) in 0..1, one-hot mask float32 (B,H,W,num_classes)).
 
     ``image_size`` and ``crop_size`` are (height, width). Without a crop every tile must be ``image_size``; with
     one, each tile yields one random ``crop_size`` window (the same for image and mask) that, with probability
-    ``foreground_bias``, contains a random foreground (class > 0) pixel. ``seed=None`` gives unseeded randomness
-    and lets parallel decoding return elements out of order.
+    ``foreground_bias``, contains a random foreground (class > 0) pixel. ``crops_per_tile`` > 1 takes that many
+    windows from each decoded tile (decoding a 512² PNG pair costs far more than training on a 128² crop of it)
+    and mixes them through a small shuffle buffer. ``seed=None`` gives unseeded randomness and lets parallel
+    decoding return elements out of order.
     """
+    if crops_per_tile < 1 or (crops_per_tile > 1 and crop_size is None):
+        raise DataError(f"[train] crops_per_tile = {crops_per_tile}: expected 1, or more with a crop_size")
     image_paths, mask_paths = [str(path) for path in image_paths], [str(path) for path in mask_paths]
     _validate_arguments(
         image_paths, mask_paths, num_classes, image_size, image_channels, batch_size, crop_size, color_order,
@@ -144,8 +149,14 @@ def make_dataset(
         image = decode(image_path, image_channels)
         labels = _mask_to_labels(decode(mask_path, 3), mask_path, colours, class_of_colour, rgb_map_text)
         image, labels = _check_tile_size(image, labels, image_path, mask_path, image_size, crop_size)
-        # One stateless draw per element: (foreground?, which pixel, window y, window x, flip v, flip h).
-        uniforms = tf.random.stateless_uniform([6], seed=tf.stack([tf.constant(seed or 0, tf.int64), draw]))
+        if crops_per_tile == 1:
+            return sample(image, labels, draw, 0)
+        windows = [sample(image, labels, draw, k) for k in range(crops_per_tile)]
+        return tf.stack([w[0] for w in windows]), tf.stack([w[1] for w in windows])
+
+    def sample(image: tf.Tensor, labels: tf.Tensor, draw: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+        # One stateless draw per window: (foreground?, which pixel, window y, window x, flip v, flip h).
+        uniforms = tf.random.stateless_uniform([6], seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
         if crop_size is not None:
             image, labels = _random_crop(image, labels, crop_size, uniforms, foreground_bias)
         if random_flips:
@@ -168,6 +179,10 @@ def make_dataset(
     dataset = tf.data.Dataset.zip(files, draws).map(
         load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None
     )
+    if crops_per_tile > 1:
+        dataset = dataset.unbatch()
+        if shuffle:  # windows of one tile arrive together: spread them over batches
+            dataset = dataset.shuffle(2 * crops_per_tile * batch_size, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = seed is not None

@@ -149,7 +149,7 @@ def datasets(config: Config, with_validation: bool = True):
     check_sizes(train_images, train_masks, config.image_size, crop_size=t.crop_size)
     train_ds = make_dataset(train_images, train_masks, batch_size=t.batch_size, shuffle=True, seed=t.seed,
                             crop_size=t.crop_size, random_flips=t.random_flips, foreground_bias=t.foreground_bias,
-                            repeat=t.steps_per_epoch is not None, **common)
+                            crops_per_tile=t.crops_per_tile, repeat=t.steps_per_epoch is not None, **common)
     valid_ds, valid_pairs = None, ([], [])
     if with_validation:
         valid_pairs = _pairs(config, "valid")

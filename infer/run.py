@@ -1,0 +1,218 @@
+"""Predict full-size images with a trained FlexUNet: stream-stitched tiles → mask, overlay, probabilities,
+per-nucleus measurements, and scores against ground truth. I/O lives here; the cores are ``infer.stitch``
+(tiling and blending) and ``infer.measure`` (nuclei)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prep.imageio import ImageReadError, read_image, read_mask, write_png
+from train.config import Config
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+GT_SUFFIX = "_GT"
+PREDICTION_COLUMNS = ("file", "height", "width", "tiles", "nuclei", "nucleus_area_fraction", "seconds")
+
+
+class InferError(ValueError):
+    """A problem the user can fix; the message names the file, folder or flag."""
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    overlap: float = 0.25
+    tta: int = 0  # 0, 4 (flips) or 8 (dihedral)
+    batch_size: int = 4
+    save_prob: bool = False
+    mode: str = "full"  # full | tiles
+    threshold: float = 0.5
+    min_area: int = 0
+    fill_holes: bool = False
+    split_touching: bool = False
+    weighting: str = "gaussian"
+
+
+@dataclass
+class InferResult:
+    rows: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    scores: list[dict] = field(default_factory=list)
+    pooled: dict | None = None
+
+
+def list_inputs(source: Path) -> list[Path]:
+    """Images to predict: one file, or a folder's images without the ISBI ground-truth files (*_GT.*)."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise InferError(f"{source}: --input does not exist")
+    images = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(GT_SUFFIX))
+    if not images:
+        raise InferError(f"{source}: no images to predict (looked for {', '.join(IMAGE_SUFFIXES)}, *_GT ignored)")
+    return images
+
+
+def find_truth(gt_dir: Path, image: Path) -> Path | None:
+    for name in (f"{image.stem}{GT_SUFFIX}.png", f"{image.stem}.png"):
+        if (gt_dir / name).is_file() and (gt_dir / name) != image:
+            return gt_dir / name
+    return None
+
+
+def dataset_sources(dataset: Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, ground truth) of the full-size sources that `prep run` put in ``split`` (from prep.json), so
+    a model can be scored on whole images it never saw in training."""
+    import json
+
+    record_path = dataset / "prep.json"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as err:
+        raise InferError(f"{record_path}: cannot read the dataset record ({err})") from None
+    pairs = [(Path(entry["image"]), Path(entry["mask"])) for entry in record.get("inputs", [])
+             if entry.get("split") == split and entry.get("index") is None]
+    if not pairs:
+        raise InferError(f"{record_path}: no PNG source images in split {split!r}")
+    return pairs
+
+
+def model_input(rgb: np.ndarray, config: Config) -> np.ndarray:
+    """uint8 RGB → what the model was trained on: its channel count and colour order (still uint8)."""
+    if config.model.image_channels == 1:
+        return rgb.mean(axis=2, keepdims=True).round().astype(np.uint8)
+    return rgb[:, :, ::-1] if config.image.color_order.upper() == "BGR" else rgb
+
+
+def make_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
+    """Batch of uint8 tiles → float32 class probabilities (scaling as in training: 0..1)."""
+    def predict_batch(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict_on_batch(batch.astype(np.float32) / 255.0), dtype=np.float32)
+    return predict_batch
+
+
+def predict_probability(image: np.ndarray, predict_batch, tile: int, options: InferOptions,
+                        probability_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Nucleus mask (bool H×W) by streaming the stitched prediction band by band; the nucleus probability
+    (1 − background) goes into ``probability_out`` (e.g. a memory map) when given."""
+    from infer.stitch import stream_predict
+
+    height, width = image.shape[:2]
+    mask = np.zeros((height, width), bool)
+    for y0, y1, band in stream_predict(image, predict_batch, tile, options.overlap, options.batch_size,
+                                       options.weighting, options.tta):
+        nucleus = 1.0 - band[:, :, 0]
+        mask[y0:y1] = (nucleus > options.threshold) if band.shape[2] == 2 else band.argmax(axis=2) >= 1
+        if probability_out is not None:
+            probability_out[y0:y1] = nucleus
+    return mask, probability_out
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, options: InferOptions,
+                   truth_of: Callable[[Path], Path | None] | None = None, overwrite: bool = False,
+                   progress: Callable[[Path], None] | None = None) -> InferResult:
+    """Predict every input into a temp folder beside ``output``, then rename it into place; ``truth_of``
+    gives an input's ground truth to score against (None: not scored)."""
+    from infer.measure import MEASUREMENT_COLUMNS, clean_mask, draw_overlay, label_nuclei, measure_nuclei
+    from infer.stitch import count_tiles
+    from train.metrics import pool_scores, score_masks
+
+    if output.exists() and not overwrite:
+        raise InferError(f"{output} exists (use --overwrite to replace it)")
+    temp = output.parent / f".{output.name}.tmp-infer"
+    try:
+        if temp.exists():
+            shutil.rmtree(temp)
+        (temp / "overlays").mkdir(parents=True)
+        if options.save_prob:
+            (temp / "probabilities").mkdir()
+    except OSError as err:
+        raise InferError(f"{output}: cannot write the output folder ({err.strerror or err})") from None
+
+    tile = config.model.image_height
+    if config.model.image_width != tile:
+        raise InferError(f"{config.path}: stitching needs square tiles, [model] image_width ≠ image_height")
+    predict_batch = make_predictor(model)
+    result = InferResult()
+    nuclei_rows: list[dict] = []
+    try:
+        for path in inputs:
+            start = time.monotonic()
+            try:
+                rgb = read_image(path)
+            except ImageReadError as err:
+                warnings.warn(f"skipping {err}", stacklevel=2)
+                result.failures.append(str(path))
+                if progress:
+                    progress(path)
+                continue
+            height, width = rgb.shape[:2]
+            image = model_input(rgb, config)
+            probability = None
+            if options.save_prob:
+                probability = np.lib.format.open_memmap(temp / "probabilities" / f"{path.stem}.npy", mode="w+",
+                                                        dtype=np.float32, shape=(height, width))
+            tiles_mode = options.mode == "tiles" and (height, width) == (tile, tile)
+            tile_options = InferOptions(**{**options.__dict__, "overlap": 0.0}) if tiles_mode else options
+            mask, probability = predict_probability(image, predict_batch, tile, tile_options, probability)
+            if probability is not None:
+                probability.flush()
+                del probability
+            mask = clean_mask(mask, options.min_area, options.fill_holes)
+            labels = label_nuclei(mask, options.split_touching)
+            write_png(temp / f"{path.stem}.png", (mask.astype(np.uint8) * 255))
+            truth = None
+            if truth_of is not None:
+                truth_path = truth_of(path)
+                if truth_path is None:
+                    warnings.warn(f"no ground truth for {path.name}: not scored", stacklevel=2)
+                else:
+                    truth = read_mask(truth_path)
+                    if truth.shape != mask.shape:
+                        raise InferError(f"{truth_path}: size {truth.shape[1]}×{truth.shape[0]} differs from "
+                                         f"{path.name} ({width}×{height})")
+                    result.scores.append({"file": path.name, **score_masks(truth, mask)})
+            write_png(temp / "overlays" / f"{path.stem}.png", draw_overlay(rgb, labels, truth=truth))
+            for nucleus in measure_nuclei(labels, rgb):
+                nuclei_rows.append({"image": path.name, **nucleus})
+            result.rows.append({
+                "file": path.name, "height": height, "width": width,
+                "tiles": 1 if tiles_mode else count_tiles(height, width, tile, options.overlap),
+                "nuclei": int(labels.max()), "nucleus_area_fraction": float(mask.mean()),
+                "seconds": time.monotonic() - start,
+            })
+            if progress:
+                progress(path)
+        _write_csv(temp / "predictions.csv", PREDICTION_COLUMNS, result.rows)
+        _write_csv(temp / "nuclei.csv", ("image", *MEASUREMENT_COLUMNS), nuclei_rows)
+        if result.scores:
+            result.pooled = pool_scores([{k: v for k, v in row.items() if k != "file"} for row in result.scores])
+            columns = ["file", *[k for k in result.scores[0] if k != "file"]]
+            _write_csv(temp / "scores.csv", columns, [*result.scores, {"file": "POOLED", **result.pooled}])
+        if output.exists():  # replace only now that everything is written (--overwrite)
+            old = output.parent / f".{output.name}.old-infer"
+            output.rename(old)
+            temp.rename(output)
+            shutil.rmtree(old)
+        else:
+            temp.rename(output)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
+    return result

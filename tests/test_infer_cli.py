@@ -1,0 +1,144 @@
+"""`infer` end to end with a small (untrained, seeded) FlexUNet: sizes, outputs, scoring, bad input."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from infer.cli import cli as infer_cli
+from tests.conftest import random_pair
+
+CONFIG = """
+[model]
+image_width = 64
+image_height = 64
+image_channels = 3
+num_classes = 2
+base_filters = 4
+base_kernels = (3,3)
+num_layers = {layers}
+[train]
+model_dir = "./models/"
+[infer]
+images_dir = "./images/"
+output_dir = "./out/"
+"""
+
+SIZES = [(1024, 1024), (512, 1536), (901, 700), (300, 300)]
+
+
+def make_project(root: Path, layers: int = 3, weights_layers: int | None = None) -> Path:
+    """A config and the weights of a seeded FlexUNet (``weights_layers`` deep) in its model_dir."""
+    import keras
+
+    from train.config import load_config
+    from train.fit import build_model
+
+    root.mkdir(parents=True, exist_ok=True)
+    config_path = root / "train_eval_infer.config"
+    config_path.write_text(CONFIG.format(layers=weights_layers or layers))
+    keras.utils.set_random_seed(0)
+    model = build_model(load_config(config_path))
+    (root / "models").mkdir()
+    model.save_weights(str(root / "models" / "best.weights.h5"))
+    config_path.write_text(CONFIG.format(layers=layers))
+    return config_path
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("infer")
+    config = make_project(root)
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for height, width in SIZES:
+        image, mask = random_pair(rng, height, width, nuclei=8)
+        cv2.imwrite(str(images / f"EDF{height}x{width}.png"), image)
+        cv2.imwrite(str(images / f"EDF{height}x{width}_GT.png"), mask)
+    return config
+
+
+def invoke(*args):
+    return CliRunner().invoke(infer_cli, [str(a) for a in args])
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_outputs_match_input_sizes_and_ground_truth_is_scored(project: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    result = invoke("--config", project, "--output", out, "--gt", project.parent / "images", "--save-prob",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out / "predictions.csv")
+    assert sorted(r["file"] for r in rows) == sorted(f"EDF{h}x{w}.png" for h, w in SIZES)  # *_GT not predicted
+    for height, width in SIZES:
+        name = f"EDF{height}x{width}"
+        mask = cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape[:2] == (height, width)
+        assert set(np.unique(mask)) <= {0, 255}
+        overlay = cv2.imread(str(out / "overlays" / f"{name}.png"))
+        assert overlay.shape == (height, width, 3)
+        probability = np.load(out / "probabilities" / f"{name}.npy")
+        assert probability.shape == (height, width) and probability.dtype == np.float32
+        assert probability.min() >= 0 and probability.max() <= 1
+        np.testing.assert_array_equal(mask > 0, probability > 0.5)
+    row = next(r for r in rows if r["file"] == "EDF901x700.png")
+    assert (int(row["height"]), int(row["width"])) == (901, 700) and int(row["tiles"]) > 1
+    scores = read_csv(out / "scores.csv")
+    assert [r["file"] for r in scores][-1] == "POOLED" and len(scores) == len(SIZES) + 1
+    assert all(0 <= float(r["nucleus_dice"]) <= 1 for r in scores)
+    assert "nucleus Dice" in result.output
+    header = (out / "nuclei.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["image", "id", "centroid_y"] and "solidity" in header
+
+
+def test_config_defaults_tiles_mode_and_overwrite(project: Path, tmp_path: Path):
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    rng = np.random.default_rng(2)
+    for index in range(3):
+        cv2.imwrite(str(tiles / f"tile_{index}.png"), random_pair(rng, 64, 64)[0])
+    out = tmp_path / "tiles_out"
+    result = invoke("--config", project, "--input", tiles, "--output", out, "--mode", "tiles", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert [r["tiles"] for r in read_csv(out / "predictions.csv")] == ["1", "1", "1"]
+    again = invoke("--config", project, "--input", tiles, "--output", out, "--no-progress")
+    assert again.exit_code != 0 and "--overwrite" in again.output
+    assert invoke("--config", project, "--input", tiles, "--output", out, "--overwrite", "--tta",
+                  "--no-progress").exit_code == 0
+
+
+def test_unreadable_image_is_skipped_and_reported(project: Path, tmp_path: Path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "good.png"), random_pair(np.random.default_rng(3), 100, 120)[0])
+    (folder / "broken.png").write_text("not a picture")
+    out = tmp_path / "out"
+    result = invoke("--config", project, "--input", folder, "--output", out, "--no-progress")
+    assert result.exit_code != 0
+    assert "broken.png" in result.output and "Traceback" not in result.output
+    assert (out / "good.png").is_file() and not (out / "broken.png").exists()
+
+
+def test_bad_inputs_are_named(project: Path, tmp_path: Path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("--config", project, "--input", empty, "--output", tmp_path / "o1")
+    assert result.exit_code != 0 and "no images to predict" in result.output
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = invoke("--config", project, "--input", project.parent / "images", "--output", blocker / "out")
+    assert result.exit_code != 0 and "cannot write" in result.output
+    mismatched = make_project(tmp_path / "deeper", layers=3, weights_layers=4)
+    result = invoke("--config", mismatched, "--input", project.parent / "images", "--output", tmp_path / "o2")
+    assert result.exit_code != 0 and "do not fit" in result.output
+    assert isinstance(result.exception, SystemExit)
