@@ -24,7 +24,7 @@ INFER_FLAGS ?=
 overwrite_flag = $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite,)
 workers_flag   = $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train train evaluate summary infer clean
+.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train bench-infer train evaluate summary infer clean
 
 help:
 	@echo "make demo      set up, make the synthetic sample, prepare tiles, train demo_cpu, evaluate"
@@ -37,6 +37,7 @@ help:
 	@echo "make infer     full-size masks of DATASET's test sources (or INPUT=… [GT=…]) with CONFIG's model"
 	@echo "make bench-prep  prep benchmarks (last line: one JSON object)"
 	@echo "make bench-train input pipeline vs in-memory, images/s, reference step time (last line: JSON)"
+	@echo "make bench-infer stitching vs bare predict, overlap/TTA cost, 8192² peak RSS (last line: JSON)"
 	@echo "make lint      ruff"
 
 setup: $(STAMP)
@@ -103,13 +104,16 @@ evaluate: $(STAMP)
 summary: $(STAMP)
 	$(BIN)/train summary --config $(CONFIG) $(TRAIN_FLAGS)
 
-bench: bench-prep bench-train
+bench: bench-prep bench-train bench-infer
 
 bench-prep: $(STAMP)
 	$(BIN)/python bench/bench_prep.py
 
 bench-train: $(STAMP)
 	$(BIN)/python bench/bench_train.py
+
+bench-infer: $(STAMP)
+	$(BIN)/python bench/bench_infer.py
 
 # Default: the full-size source images of DATASET's test split, scored against their GT; or INPUT=file|dir [GT=dir].
 infer: $(STAMP)

@@ -94,9 +94,10 @@ def timed_run(args: list[str]) -> tuple[float, int]:
 def peak_rss_mb(input_dir: Path, out: Path) -> float:
     """Peak RSS of a fresh `prep run --workers 1` process, in MiB."""
     code = (
-        "import resource, sys; from prep.cli import cli\n"
+        # VmHWM, not ru_maxrss: Linux carries the forking parent's peak into ru_maxrss across exec.
+        "import re, sys; from prep.cli import cli\n"
         "try:\n    cli.main(sys.argv[1:], standalone_mode=False)\n"
-        "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "finally:\n    print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, "run", "--input", str(input_dir), "--output", str(out), "--workers", "1",

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+MOMENT_BAND_ROWS = 1024
 MEASUREMENT_COLUMNS = (
     "id",
     "centroid_y",
@@ -245,29 +246,40 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray) -> list[dict]:
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"expected HxW integer labels, got {labels.dtype} {labels.shape}")
-    flat_labels = labels.reshape(-1)
-    flat_index = np.flatnonzero(flat_labels)
-    if flat_index.size == 0:
+    if np.asarray(image).shape[:2] != labels.shape:
+        raise ValueError(f"image shape {np.asarray(image).shape} does not match the labels' {labels.shape}")
+    if labels.size == 0 or labels.min() < 0:
+        if labels.size and labels.min() < 0:
+            raise ValueError("labels must be non-negative (0 = background)")
         return []
-    ids = flat_labels[flat_index].astype(np.intp)
-    if ids.min() < 0:
-        raise ValueError("labels must be non-negative (0 = background)")
-    grey = _grey_values(image, flat_index, labels.shape)
+    size = int(labels.max()) + 1
+    if size == 1:
+        return []
 
-    # Moments over the foreground pixels only: memory follows the nuclei, not the image size.
-    size = int(ids.max()) + 1
-    area = np.bincount(ids, minlength=size)
-    present = np.flatnonzero(area)
-    count = np.maximum(area, 1).astype(np.float64)
-    rows, cols = np.divmod(flat_index, labels.shape[1])
-    centroid_y = np.bincount(ids, rows, size) / count
-    centroid_x = np.bincount(ids, cols, size) / count
-    mean_intensity = np.bincount(ids, grey, size) / count
-    dy = rows - centroid_y[ids]
-    dx = cols - centroid_x[ids]
-    var_y = np.bincount(ids, dy * dy, size) / count
-    var_x = np.bincount(ids, dx * dx, size) / count
-    cov_xy = np.bincount(ids, dy * dx, size) / count
+    # Raw moments summed band by band: memory stays bounded by the band, even when a (bad) prediction makes
+    # half of an 8192² image one object. Central moments follow from them (float64: exact enough here).
+    sums = np.zeros((7, size))  # n, Σy, Σx, Σy², Σx², Σxy, Σgrey
+    width = labels.shape[1]
+    for y0 in range(0, labels.shape[0], MOMENT_BAND_ROWS):
+        band = labels[y0 : y0 + MOMENT_BAND_ROWS]
+        flat_index = np.flatnonzero(band)
+        if flat_index.size == 0:
+            continue
+        ids = band.reshape(-1)[flat_index].astype(np.intp)
+        rows, cols = np.divmod(flat_index, width)
+        rows = (rows + y0).astype(np.float64)
+        cols = cols.astype(np.float64)
+        grey = _grey_values(np.asarray(image)[y0 : y0 + MOMENT_BAND_ROWS], flat_index, band.shape)
+        for k, weights in enumerate((None, rows, cols, rows * rows, cols * cols, rows * cols, grey)):
+            sums[k] += np.bincount(ids, weights, size)
+    area = sums[0].astype(np.int64)
+    present = np.flatnonzero(area[1:]) + 1
+    count = np.maximum(sums[0], 1.0)
+    centroid_y, centroid_x = sums[1] / count, sums[2] / count
+    mean_intensity = sums[6] / count
+    var_y = np.maximum(sums[3] / count - centroid_y**2, 0.0)
+    var_x = np.maximum(sums[4] / count - centroid_x**2, 0.0)
+    cov_xy = sums[5] / count - centroid_y * centroid_x
     half_trace = (var_y + var_x) / 2
     spread = np.hypot((var_y - var_x) / 2, cov_xy)
     major, minor = half_trace + spread, np.maximum(half_trace - spread, 0.0)
@@ -313,8 +325,10 @@ def draw_overlay(
     thickness: int = 1,
     truth: np.ndarray | None = None,
     truth_color: tuple[int, int, int] = (40, 220, 40),
+    in_place: bool = False,
 ) -> np.ndarray:
-    """A copy of the HxWx3 uint8 image with nucleus contours drawn, and ground-truth contours beneath them.
+    """A copy of the HxWx3 uint8 image (or the image itself with ``in_place``, to spare a copy of a large
+    scan) with nucleus contours drawn, and ground-truth contours beneath them.
 
     A bool (or 3-channel) mask is one label; integer labels get one contour each, so touching nuclei that
     were split show the boundary between them.
@@ -322,7 +336,7 @@ def draw_overlay(
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
-    overlay = image.copy()
+    overlay = image if in_place else image.copy()
     layers = [(truth, truth_color)] if truth is not None else []
     layers.append((mask_or_labels, color))
     for outlined, outline_color in layers:

@@ -100,9 +100,9 @@ def make_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def predict_probability(image: np.ndarray, predict_batch, tile: int, options: InferOptions,
-                        probability_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                        probability_out=None):
     """Nucleus mask (bool H×W) by streaming the stitched prediction band by band; the nucleus probability
-    (1 − background) goes into ``probability_out`` (e.g. a memory map) when given."""
+    (1 − background) goes into ``probability_out[y0:y1]`` (an array, or an NpyRowWriter) when given."""
     from infer.stitch import stream_predict
 
     height, width = image.shape[:2]
@@ -114,6 +114,30 @@ def predict_probability(image: np.ndarray, predict_batch, tile: int, options: In
         if probability_out is not None:
             probability_out[y0:y1] = nucleus
     return mask, probability_out
+
+
+class NpyRowWriter:
+    """A float32 .npy file written row band by row band, in order: the probability map of a huge scan never
+    has to be in memory (a memory map would keep its dirty pages resident)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int]):
+        self.handle = path.open("wb")
+        self.shape = shape
+        self.rows_written = 0
+        np.lib.format.write_array_header_1_0(
+            self.handle, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                          "shape": shape})
+
+    def __setitem__(self, rows: slice, values: np.ndarray) -> None:
+        if rows.start != self.rows_written or values.shape[1:] != self.shape[1:]:
+            raise ValueError("bands must arrive in order and span the full width")
+        self.handle.write(np.ascontiguousarray(values, dtype="<f4").tobytes())
+        self.rows_written = rows.stop
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.rows_written != self.shape[0]:
+            raise ValueError(f"{self.handle.name}: {self.rows_written} of {self.shape[0]} rows written")
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
@@ -166,14 +190,12 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
             image = model_input(rgb, config)
             probability = None
             if options.save_prob:
-                probability = np.lib.format.open_memmap(temp / "probabilities" / f"{path.stem}.npy", mode="w+",
-                                                        dtype=np.float32, shape=(height, width))
+                probability = NpyRowWriter(temp / "probabilities" / f"{path.stem}.npy", (height, width))
             tiles_mode = options.mode == "tiles" and (height, width) == (tile, tile)
             tile_options = InferOptions(**{**options.__dict__, "overlap": 0.0}) if tiles_mode else options
             mask, probability = predict_probability(image, predict_batch, tile, tile_options, probability)
             if probability is not None:
-                probability.flush()
-                del probability
+                probability.close()
             mask = clean_mask(mask, options.min_area, options.fill_holes)
             labels = label_nuclei(mask, options.split_touching)
             write_png(temp / f"{path.stem}.png", (mask.astype(np.uint8) * 255))
@@ -188,9 +210,10 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
                         raise InferError(f"{truth_path}: size {truth.shape[1]}×{truth.shape[0]} differs from "
                                          f"{path.name} ({width}×{height})")
                     result.scores.append({"file": path.name, **score_masks(truth, mask)})
-            write_png(temp / "overlays" / f"{path.stem}.png", draw_overlay(rgb, labels, truth=truth))
             for nucleus in measure_nuclei(labels, rgb):
                 nuclei_rows.append({"image": path.name, **nucleus})
+            # Last use of the image: draw on it rather than on a copy (peak memory on large scans).
+            write_png(temp / "overlays" / f"{path.stem}.png", draw_overlay(rgb, labels, truth=truth, in_place=True))
             result.rows.append({
                 "file": path.name, "height": height, "width": width,
                 "tiles": 1 if tiles_mode else count_tiles(height, width, tile, options.overlap),

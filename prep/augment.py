@@ -144,13 +144,24 @@ def barrel_map(height: int, width: int, cx: float, cy: float, radius: float, amo
 
 @functools.lru_cache(maxsize=64)
 def barrel_remap_tables(height: int, width: int, cx: float, cy: float, radius: float, amount: float):
-    """The barrel map in OpenCV's fixed-point form, cached: cv2.remap converts float maps to this on
-    every call, so converting once makes each tile ~1.5× cheaper. Returns (bilinear table pair, nearest
-    table); the nearest table rounds coordinates as the float map does."""
+    """The barrel map, cached in OpenCV's fixed-point form and cut to the box around the distorted disc.
+
+    cv2.remap converts float maps to fixed point on every call, and outside radius R the map is the
+    identity, so converting once and remapping only the disc's bounding box (about a third of the tile at
+    R = 0.3·W) makes each tile several times cheaper. Returns ((y0, y1, x0, x1), bilinear table pair,
+    nearest table); the nearest table rounds coordinates as the float map does.
+    """
     map_x, map_y = barrel_map(height, width, cx, cy, radius, amount)
-    linear = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
-    nearest, _ = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2, nninterpolation=True)
-    return linear, nearest
+    moved = (map_x != _identity_grid(height, width)[0]) | (map_y != _identity_grid(height, width)[1])
+    rows, cols = np.flatnonzero(moved.any(axis=1)), np.flatnonzero(moved.any(axis=0))
+    if rows.size == 0:  # amount 0, or a disc smaller than a pixel: nothing moves
+        return (0, 0, 0, 0), None, None
+    y0, y1, x0, x1 = box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    region_x = np.ascontiguousarray(map_x[y0:y1, x0:x1])
+    region_y = np.ascontiguousarray(map_y[y0:y1, x0:x1])
+    linear = cv2.convertMaps(region_x, region_y, cv2.CV_16SC2)
+    nearest, _ = cv2.convertMaps(region_x, region_y, cv2.CV_16SC2, nninterpolation=True)
+    return box, linear, nearest
 
 
 def barrel_map_naive(height: int, width: int, cx: float, cy: float, radius: float, amount: float):
@@ -244,10 +255,13 @@ def apply(spec: AugSpec, image: np.ndarray, mask: np.ndarray, rng: np.random.Gen
         return np.ascontiguousarray(np.rot90(image, turns)), np.ascontiguousarray(np.rot90(mask, turns))
     if spec.kind in ("barrel", "pincushion"):
         cx, cy = spec.params["center"]
-        (table, fraction), nearest = barrel_remap_tables(
+        (y0, y1, x0, x1), linear, nearest = barrel_remap_tables(
             height, width, float(cx), float(cy), float(spec.params["radius"]), float(spec.params["amount"]))
-        return (cv2.remap(image, table, fraction, cv2.INTER_LINEAR, borderMode=BORDER),
-                cv2.remap(mask, nearest, None, cv2.INTER_NEAREST, borderMode=BORDER))
+        out_image, out_mask = image.copy(), mask.copy()
+        if linear is not None:  # the maps hold absolute coordinates: sample the whole tile, write the box
+            out_image[y0:y1, x0:x1] = cv2.remap(image, *linear, cv2.INTER_LINEAR, borderMode=BORDER)
+            out_mask[y0:y1, x0:x1] = cv2.remap(mask, nearest, None, cv2.INTER_NEAREST, borderMode=BORDER)
+        return out_image, out_mask
     if rng is None:
         raise ValueError(f"{spec.kind} augmentation needs a random generator")
     if spec.kind == "elastic":

@@ -66,10 +66,12 @@ def to_rgb(array: np.ndarray, order: str = "RGB") -> np.ndarray:
         raise ValueError(f"unsupported image shape {array.shape}")
     if array.shape[2] == 1:
         return np.repeat(array, 3, axis=2)
-    rgb = array[:, :, :3]
     if order == "BGR":
-        rgb = rgb[:, :, ::-1]
-    return np.ascontiguousarray(rgb)
+        # In place for 3 channels: an 8192² scan is 200 MB, and a second copy is what bounds peak memory.
+        if array.shape[2] == 3 and array.flags.writeable and array.flags.c_contiguous:
+            return cv2.cvtColor(array, cv2.COLOR_BGR2RGB, dst=array)
+        return cv2.cvtColor(np.ascontiguousarray(array[:, :, :3]), cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(array[:, :, :3])
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

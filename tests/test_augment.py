@@ -158,3 +158,19 @@ def test_cached_fixed_point_barrel_matches_the_float_map(tile):
     # OpenCV's fixed point is 1/32 pixel: on this noise tile (neighbours up to 170 apart) that is ≤ ~6 levels.
     assert difference.max() <= 6 and difference.mean() < 0.1
     np.testing.assert_array_equal(fast_mask, float_mask)
+
+
+@pytest.mark.parametrize("kind", ["barrel", "pincushion"])
+def test_barrel_on_the_disc_box_equals_remapping_the_whole_tile(tile, kind):
+    import cv2
+
+    image, mask = tile
+    for spec in (s for s in SPECS if s.kind == kind):
+        maps = barrel_map(256, 256, *spec.params["center"], spec.params["radius"], spec.params["amount"])
+        linear = cv2.convertMaps(*maps, cv2.CV_16SC2)
+        nearest, _ = cv2.convertMaps(*maps, cv2.CV_16SC2, nninterpolation=True)
+        whole_image = cv2.remap(image, *linear, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        whole_mask = cv2.remap(mask, nearest, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+        boxed_image, boxed_mask = apply(spec, image, mask)
+        np.testing.assert_array_equal(boxed_image, whole_image)
+        np.testing.assert_array_equal(boxed_mask, whole_mask)

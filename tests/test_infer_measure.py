@@ -246,3 +246,34 @@ def test_real_edf100_ground_truth():
     assert np.median([nucleus["mean_intensity"] for nucleus in nuclei]) < image[~mask].mean()
     overlay = draw_overlay(image, mask)
     assert overlay.shape == image.shape and (overlay != image).any()
+
+
+def test_moments_summed_in_bands_match_one_pass(monkeypatch):
+    import infer.measure as measure
+
+    rng = np.random.default_rng(11)
+    mask = np.zeros((90, 70), np.uint8)
+    for _ in range(9):
+        cv2.ellipse(mask, (int(rng.integers(5, 65)), int(rng.integers(5, 85))), (int(rng.integers(3, 12)),
+                    int(rng.integers(3, 9))), float(rng.integers(0, 180)), 0, 360, 1, -1)
+    labels = measure.label_nuclei(mask > 0)
+    image = rng.integers(0, 255, (90, 70, 3), dtype=np.uint8)
+    whole = measure.measure_nuclei(labels, image)
+    monkeypatch.setattr(measure, "MOMENT_BAND_ROWS", 7)  # objects straddle many band borders
+    banded = measure.measure_nuclei(labels, image)
+    assert len(whole) == len(banded) > 3
+    for a, b in zip(whole, banded, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-9), key
+
+
+def test_overlay_in_place_draws_the_same_on_the_image_itself():
+    image = np.full((40, 40, 3), 120, np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 12:25] = True
+    copied = draw_overlay(image, mask)
+    assert (image == 120).all()  # the default leaves the input alone
+    drawn = draw_overlay(image, mask, in_place=True)
+    assert drawn is image
+    np.testing.assert_array_equal(drawn, copied)

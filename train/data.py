@@ -149,16 +149,18 @@ def make_dataset(
         image = decode(image_path, image_channels)
         labels = _mask_to_labels(decode(mask_path, 3), mask_path, colours, class_of_colour, rgb_map_text)
         image, labels = _check_tile_size(image, labels, image_path, mask_path, image_size, crop_size)
+        # Foreground pixels are listed once per tile, not once per window.
+        foreground = tf.where(labels > 0) if crop_size is not None and foreground_bias > 0 else None
         if crops_per_tile == 1:
-            return sample(image, labels, draw, 0)
-        windows = [sample(image, labels, draw, k) for k in range(crops_per_tile)]
+            return sample(image, labels, foreground, draw, 0)
+        windows = [sample(image, labels, foreground, draw, k) for k in range(crops_per_tile)]
         return tf.stack([w[0] for w in windows]), tf.stack([w[1] for w in windows])
 
-    def sample(image: tf.Tensor, labels: tf.Tensor, draw: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+    def sample(image: tf.Tensor, labels: tf.Tensor, foreground, draw: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         # One stateless draw per window: (foreground?, which pixel, window y, window x, flip v, flip h).
         uniforms = tf.random.stateless_uniform([6], seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
         if crop_size is not None:
-            image, labels = _random_crop(image, labels, crop_size, uniforms, foreground_bias)
+            image, labels = _random_crop(image, labels, crop_size, uniforms, foreground_bias, foreground)
         if random_flips:
             image, labels = _random_flips(image, labels, uniforms)
         if color_order == "BGR" and image_channels == 3:
@@ -256,9 +258,11 @@ def _check_tile_size(
 
 
 def _random_crop(
-    image: tf.Tensor, labels: tf.Tensor, crop_size: tuple[int, int], uniforms: tf.Tensor, foreground_bias: float
+    image: tf.Tensor, labels: tf.Tensor, crop_size: tuple[int, int], uniforms: tf.Tensor, foreground_bias: float,
+    foreground: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """One window for image and mask; with probability ``foreground_bias`` it holds a random foreground pixel."""
+    """One window for image and mask; with probability ``foreground_bias`` it holds a random foreground pixel
+    (``foreground``: the tile's tf.where(labels > 0), when already computed)."""
     crop_height, crop_width = crop_size
     shape = tf.shape(labels)
     last_y, last_x = shape[0] - crop_height, shape[1] - crop_width
@@ -267,7 +271,8 @@ def _random_crop(
         return _pick(uniforms[2], 0, last_y), _pick(uniforms[3], 0, last_x)
 
     if foreground_bias > 0:
-        foreground = tf.where(labels > 0)
+        if foreground is None:
+            foreground = tf.where(labels > 0)
         count = tf.shape(foreground)[0]
 
         def window_around_foreground() -> tuple[tf.Tensor, tf.Tensor]:
