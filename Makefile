@@ -24,7 +24,7 @@ INFER_FLAGS ?=
 overwrite_flag = $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite,)
 workers_flag   = $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train bench-infer train evaluate summary infer clean
+.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-real train evaluate summary infer clean
 
 help:
 	@echo "make demo      set up, make the synthetic sample, prepare tiles, train demo_cpu, evaluate"
@@ -38,6 +38,7 @@ help:
 	@echo "make bench-prep  prep benchmarks (last line: one JSON object)"
 	@echo "make bench-train input pipeline vs in-memory, images/s, reference step time (last line: JSON)"
 	@echo "make bench-infer stitching vs bare predict, overlap/TTA cost, 8192² peak RSS (last line: JSON)"
+	@echo "make bench-real TRAIN_EDF=DIR TEST_EDF=DIR  train ≤15 min on CPU, score unseen images (last line: JSON)"
 	@echo "make lint      ruff"
 
 setup: $(STAMP)
@@ -114,6 +115,12 @@ bench-train: $(STAMP)
 
 bench-infer: $(STAMP)
 	$(BIN)/python bench/bench_infer.py
+
+# Real-data quality: TRAIN_EDF and TEST_EDF are ISBI-layout folders with disjoint source images.
+# Leave-sources-out folds from the real tiles: $(BIN)/python bench/make_folds.py --tiles DIR --out DIR
+bench-real: $(STAMP)
+	@test -n "$(TRAIN_EDF)" -a -n "$(TEST_EDF)" || { echo "usage: make bench-real TRAIN_EDF=DIR TEST_EDF=DIR [OUT=DIR]" >&2; exit 2; }
+	$(BIN)/python bench/bench_real.py --train-edf $(TRAIN_EDF) --test-edf $(TEST_EDF) $(if $(OUT),--out $(OUT),)
 
 # Default: the full-size source images of DATASET's test split, scored against their GT; or INPUT=file|dir [GT=dir].
 infer: $(STAMP)

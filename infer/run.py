@@ -226,7 +226,8 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
         _write_csv(temp / "nuclei.csv", ("image", *MEASUREMENT_COLUMNS), nuclei_rows)
         if result.scores:
             result.pooled = pool_scores([{k: v for k, v in row.items() if k != "file"} for row in result.scores])
-            columns = ["file", *[k for k in result.scores[0] if k != "file"]]
+            per_image = [k for k in result.scores[0] if k != "file"]
+            columns = ["file", *per_image, *[k for k in result.pooled if k not in per_image]]  # + pooled-only
             _write_csv(temp / "scores.csv", columns, [*result.scores, {"file": "POOLED", **result.pooled}])
         if output.exists():  # replace only now that everything is written (--overwrite)
             old = output.parent / f".{output.name}.old-infer"

@@ -1,0 +1,113 @@
+"""Nucleus quality on real EDF sources never seen in training, within a CPU budget.
+
+    python bench/bench_real.py --train-edf DIR --test-edf DIR [--out DIR] [--config configs/bench_cpu.config]
+
+1. `prep run` on TRAIN_EDF into train and valid only (split by source image, test ratio 0);
+2. `train fit` of the config (its [train] max_train_seconds is the budget, ≤ 15 min on 2 cores);
+3. `infer` of every full-size image of TEST_EDF (ISBI layout) by stitching, scored against its *_GT.png.
+The last line printed is one JSON object (nucleus_dice is the mean over test images; *_pooled over pixels).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import click  # noqa: E402
+
+DATA_KEYS = {
+    "train.images_dir": "./dataset/train/images", "train.masks_dir": "./dataset/train/masks",
+    "valid.images_dir": "./dataset/valid/images", "valid.masks_dir": "./dataset/valid/masks",
+    "test.images_dir": "./dataset/valid/images", "test.masks_dir": "./dataset/valid/masks",
+    "train.model_dir": "./models", "train.eval_dir": "./eval",
+    "train.epoch_change_infer_dir": "./epoch_change_infer",
+}
+
+
+def _run(command: click.Command, args: list[str]) -> None:
+    try:
+        command.main(args, standalone_mode=False)
+    except click.ClickException as err:
+        raise SystemExit(f"bench-real: {command.name or 'step'} failed: {err.format_message()}") from None
+
+
+def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrides: list[str],
+               infer_flags: list[str], valid_ratio: float = 0.2) -> dict:
+    from infer.cli import cli as infer_cli
+    from prep.cli import cli as prep_cli
+    from train.cli import cli as train_cli
+    from train.config import load_config
+
+    tile = load_config(config, overrides).model.image_height  # tiles must be the model's input size
+    out.mkdir(parents=True, exist_ok=True)
+    _run(prep_cli, ["run", "--input", str(train_edf), "--output", str(out / "dataset"), "--overwrite",
+                    "--split", f"{1 - valid_ratio:g},{valid_ratio:g},0", "--tile-size", str(tile), "--no-progress"])
+    run_config = out / "train_eval_infer.config"
+    shutil.copyfile(config, run_config)
+    settings = [item for key, value in DATA_KEYS.items() for item in ("--set", f"{key}={value}")]
+    settings += [item for override in overrides for item in ("--set", override)]
+    start = time.monotonic()
+    _run(train_cli, ["fit", "--config", str(run_config), *settings, "--overwrite"])
+    train_seconds = time.monotonic() - start
+    _run(infer_cli, ["--config", str(run_config), *settings, "--input", str(test_edf), "--gt", str(test_edf),
+                     "--output", str(out / "infer"), "--overwrite", "--no-progress", *infer_flags])
+    return summarise(out, train_seconds)
+
+
+def summarise(out: Path, train_seconds: float) -> dict:
+    with (out / "infer" / "scores.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    pooled = next(row for row in rows if row["file"] == "POOLED")
+    images = [row for row in rows if row["file"] != "POOLED"]
+    record = json.loads((out / "dataset" / "prep.json").read_text())
+    history = json.loads((out / "eval" / "history.json").read_text())
+
+    def number(row: dict, key: str) -> float:
+        return float(row[key])
+
+    return {
+        "nucleus_dice": round(number(pooled, "mean_nucleus_dice"), 4),
+        "nucleus_iou": round(number(pooled, "mean_nucleus_iou"), 4),
+        "nucleus_dice_pooled": round(number(pooled, "nucleus_dice"), 4),
+        "nucleus_iou_pooled": round(number(pooled, "nucleus_iou"), 4),
+        "object_dice": round(number(pooled, "object_dice"), 4),
+        "fnro": round(number(pooled, "fnro"), 4),
+        "f1": round(number(pooled, "object_f1"), 4),
+        "per_image_dice": {row["file"]: round(number(row, "nucleus_dice"), 4) for row in images},
+        "train_seconds": round(train_seconds, 1),
+        "epochs": len(history["epoch"]),
+        "train_sources": record["splits"]["train"],
+        "valid_sources": record["splits"]["valid"],
+        "test_images": len(images),
+    }
+
+
+@click.command()
+@click.option("--train-edf", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--test-edf", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Keep everything here (default: a temp folder).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=REPO / "configs" / "bench_cpu.config", show_default=True)
+@click.option("--set", "overrides", multiple=True, help="Config override, e.g. train.max_train_seconds=600.")
+@click.option("--infer-flags", default="--tta --min-area 30 --fill-holes", show_default=True,
+              help="Flags passed to infer (TTA and post-processing).")
+def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, overrides, infer_flags: str) -> None:
+    """Train on TRAIN_EDF's sources, score stitched predictions of TEST_EDF's images."""
+    with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
+        summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
+                             infer_flags.split())
+    click.echo(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""bench-real's plumbing on a tiny run (the 15-minute training is a benchmark, not a test), and the folds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, write_edf_folder
+
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_real import bench_real  # noqa: E402
+from make_folds import make_folds, source_of  # noqa: E402
+
+TINY = """
+[model]
+image_width = 64
+image_height = 64
+image_channels = 1
+normalization = True
+num_classes = 2
+base_filters = 4
+base_kernels = (3,3)
+num_layers = 3
+loss = "dice_ce"
+[train]
+epochs = 2
+batch_size = 4
+steps_per_epoch = 3
+crop_size = (32,32)
+crops_per_tile = 2
+foreground_bias = 0.5
+random_flips = True
+num_infer_images = 1
+max_train_seconds = 60
+[mask]
+rgb_map = {(0,0,0):0,(255,255,255):1,}
+"""
+
+
+def test_tiny_bench_real_reports_scores_on_the_held_out_images(tmp_path: Path):
+    train_edf = write_edf_folder(tmp_path / "train", count=4, height=128, width=128, seed=1)
+    test_edf = write_edf_folder(tmp_path / "test", count=2, height=100, width=140, seed=2)
+    config = tmp_path / "tiny.config"
+    config.write_text(TINY)
+    summary = bench_real(train_edf, test_edf, tmp_path / "out", config, [], ["--tta", "--min-area", "5"])
+    for key in ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["train_seconds"] > 0 and summary["epochs"] == 2 and summary["test_images"] == 2
+    assert set(summary["train_sources"]).isdisjoint(summary["valid_sources"])
+    assert summary["nucleus_dice"] == pytest.approx(sum(summary["per_image_dice"].values()) / 2, abs=1e-3)
+    json.dumps(summary)  # the bench prints it as its last line
+
+
+def test_source_ids_come_from_the_reference_names():
+    assert source_of("10001_1x0") == "10001"
+    assert source_of("barrdistorted_1003_0.3_0.3_10001_0x0") == "10001"
+    assert source_of("deformed_alpha_1300_sigmoid_10_10010_1x0") == "10010"
+
+
+def test_folds_hold_each_source_out_once_and_never_leak(real_data: Path, tmp_path: Path):
+    folds = make_folds(real_data / "tiles", tmp_path, 3)
+    held = [s for fold in folds for s in fold["test_sources"]]
+    assert sorted(held) == sorted(set(held)) and len(held) == 6  # 6 sources, each held out exactly once
+    for fold in folds:
+        train = {source_of(p.stem.removeprefix("EDF_")) for p in (tmp_path / f"fold{fold['fold']}" / "train")
+                 .glob("*.png") if not p.stem.endswith("_GT")}
+        test = {source_of(p.stem.removeprefix("EDF_")) for p in (tmp_path / f"fold{fold['fold']}" / "test")
+                .glob("*.png") if not p.stem.endswith("_GT")}
+        assert train.isdisjoint(test) and test == set(fold["test_sources"])
