@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prep.atomic import publish, temp_dir_for
 from prep.imageio import ImageReadError, read_image, read_mask, write_png
 from train.config import Config
 
@@ -159,7 +160,7 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
 
     if output.exists() and not overwrite:
         raise InferError(f"{output} exists (use --overwrite to replace it)")
-    temp = output.parent / f".{output.name}.tmp-infer"
+    temp = temp_dir_for(output)
     try:
         if temp.exists():
             shutil.rmtree(temp)
@@ -229,13 +230,7 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
             per_image = [k for k in result.scores[0] if k != "file"]
             columns = ["file", *per_image, *[k for k in result.pooled if k not in per_image]]  # + pooled-only
             _write_csv(temp / "scores.csv", columns, [*result.scores, {"file": "POOLED", **result.pooled}])
-        if output.exists():  # replace only now that everything is written (--overwrite)
-            old = output.parent / f".{output.name}.old-infer"
-            output.rename(old)
-            temp.rename(output)
-            shutil.rmtree(old)
-        else:
-            temp.rename(output)
+        publish(temp, output, overwrite)  # replaces an existing output only now that everything is written
     finally:
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)

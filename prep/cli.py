@@ -248,7 +248,7 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def synth_command(output_path: Path, count: int, size: int, seed: int, overwrite: bool, progress: bool) -> None:
     """Generate a deterministic synthetic EDF-like sample (the built-in default data)."""
-    from prep.dataset import publish, temp_dir_for
+    from prep.atomic import publish, temp_dir_for
     from prep.synth import write_sample
 
     if output_path.exists() and not overwrite:

@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import multiprocessing
-import os
 import shutil
 import signal
 import zlib
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from prep import __version__
+from prep.atomic import publish, temp_dir_for
 from prep.augment import RANDOM_KINDS, AugSpec, apply
 from prep.edf import SourceRef, load_source, sha256
 from prep.imageio import encode_png, mask_to_rgb
@@ -177,23 +177,6 @@ def summary(results: Sequence[SourceResult], assignment: dict[str, list[str]]) -
             "augmentations": dict(sorted(kinds.items())),
         }
     return counts
-
-
-def temp_dir_for(out_dir: Path) -> Path:
-    return out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-
-
-def publish(temp_dir: Path, out_dir: Path, overwrite: bool) -> None:
-    """Move the finished dataset into place; an existing OUT is replaced only with ``overwrite``."""
-    if out_dir.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} exists (use --overwrite to replace it)")
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        out_dir.rename(old)
-        temp_dir.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        temp_dir.rename(out_dir)
 
 
 @dataclass
