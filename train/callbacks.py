@@ -11,24 +11,6 @@ import keras
 import numpy as np
 
 
-def read_rgb(path: str | Path, channels: int = 3) -> np.ndarray:
-    """A tile as uint8 H×W×channels in RGB order (OpenCV reads BGR)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ValueError(f"{path}: cannot read image")
-    return image[:, :, ::-1] if channels == 3 else image[:, :, None]
-
-
-def mask_classes(path: str | Path, rgb_map: dict[tuple[int, int, int], int]) -> np.ndarray:
-    """Class index per pixel from an RGB mask; colours outside rgb_map become -1."""
-    rgb = read_rgb(path, 3).astype(np.int32)
-    code = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]
-    classes = np.full(code.shape, -1, np.int32)
-    for (r, g, b), index in rgb_map.items():
-        classes[code == ((r << 16) | (g << 8) | b)] = index
-    return classes
-
-
 def montage_row(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """image | ground truth | prediction, side by side, as uint8 RGB with thin white separators."""
     rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
@@ -42,11 +24,17 @@ class EpochMontage(keras.callbacks.Callback):
 
     def __init__(self, image_paths, mask_paths, out_dir: Path, config):
         super().__init__()
-        channels = config.model.image_channels
-        self.display = np.stack([read_rgb(p, channels) for p in image_paths])
-        bgr = config.image.color_order.upper() == "BGR" and channels == 3
-        self.inputs = (self.display[..., ::-1] if bgr else self.display).astype(np.float32) / 255.0
-        self.truths = [mask_classes(p, config.mask.rgb_map) for p in mask_paths]
+        from train.data import make_dataset
+        from train.fit import tile_dataset_options
+
+        # The tiles exactly as the model sees them, read once through the training pipeline.
+        pairs = make_dataset(image_paths, mask_paths, batch_size=len(image_paths), shuffle=False,
+                             **tile_dataset_options(config))
+        inputs, truths = (tensor.numpy() for tensor in next(iter(pairs)))
+        self.inputs = inputs
+        self.truths = np.argmax(truths, axis=-1)
+        bgr = config.image.color_order.upper() == "BGR" and inputs.shape[-1] == 3
+        self.display = np.rint((inputs[..., ::-1] if bgr else inputs) * 255).astype(np.uint8)
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
 

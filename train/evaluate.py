@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from train.config import Config
-from train.fit import TrainError, _pairs, build_model, compile_model, run_paths
+from train.fit import TrainError, _pairs, build_model, compile_model, run_paths, tile_dataset_options
 
 SCORE_COLUMNS = ("nucleus_dice", "nucleus_iou", "object_precision", "object_recall", "object_f1", "object_dice",
                  "good_dice", "fnro", "tpp", "fpp", "n_truth", "n_pred", "n_correct", "tp", "fp", "fn")
@@ -61,9 +61,8 @@ def evaluate(config: Config, overwrite: bool = False, verbose: int | str = "auto
     check_masks(masks, config.mask.rgb_map)
     check_sizes(images, masks, config.image_size)
     model = load_trained(config)
-    dataset = make_dataset(images, masks, rgb_map=config.mask.rgb_map, num_classes=config.model.num_classes,
-                           image_size=config.image_size, image_channels=config.model.image_channels,
-                           batch_size=config.train.batch_size, shuffle=False, color_order=config.image.color_order)
+    dataset = make_dataset(images, masks, batch_size=config.train.batch_size, shuffle=False,
+                           **tile_dataset_options(config))
     keras_scores = model.evaluate(dataset, return_dict=True, verbose=verbose)
 
     per_image, names = [], iter(images)

@@ -136,14 +136,19 @@ def _pairs(config: Config, section: str):
     return list_pairs(part.images_dir, part.masks_dir, config.mask.mask_file_format, section=section)
 
 
+def tile_dataset_options(config: Config) -> dict:
+    """How the config turns tiles into model inputs: the make_dataset arguments every split shares."""
+    return {"rgb_map": config.mask.rgb_map, "num_classes": config.model.num_classes,
+            "image_size": config.image_size, "image_channels": config.model.image_channels,
+            "color_order": config.image.color_order}
+
+
 def datasets(config: Config, with_validation: bool = True):
     """(train dataset, valid dataset or None, train pairs, valid pairs)."""
     from train.data import check_masks, check_sizes, make_dataset
 
     t = config.train
-    common = {"rgb_map": config.mask.rgb_map, "num_classes": config.model.num_classes,
-              "image_size": config.image_size, "image_channels": config.model.image_channels,
-              "color_order": config.image.color_order}
+    common = tile_dataset_options(config)
     train_images, train_masks = _pairs(config, "train")
     check_masks(train_masks, config.mask.rgb_map)
     check_sizes(train_images, train_masks, config.image_size, crop_size=t.crop_size)
