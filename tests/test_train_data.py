@@ -63,6 +63,19 @@ def test_white_is_class_one_and_pixels_are_exact(tmp_path: Path):
         np.testing.assert_array_equal(np.rint(image[index] * 255).astype(np.uint8), expected_image)
 
 
+def test_coloured_multi_class_masks_map_each_colour_to_its_class(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path, count=1))
+    rgb = np.zeros((SIZE, SIZE, 3), np.uint8)
+    rgb[:20] = (255, 255, 255)
+    rgb[40:, :30] = (200, 30, 10)
+    cv2.imwrite(masks[0], rgb[:, :, ::-1])
+    colour_map = {(0, 0, 0): 0, (255, 255, 255): 1, (200, 30, 10): 2}
+    _, one_hot = first_batch(make_dataset(images, masks, colour_map, 3, (SIZE, SIZE)))
+    expected = np.zeros((SIZE, SIZE), int)
+    expected[:20], expected[40:, :30] = 1, 2
+    np.testing.assert_array_equal(one_hot[0].argmax(-1), expected)
+
+
 def write_position_tiles(root: Path, count: int = 3) -> tuple[list[str], list[str], np.ndarray]:
     """Each pixel's colour encodes its (y, x); the mask is a fixed irregular pattern, so a window is recognisable."""
     (root / "images").mkdir(parents=True)
@@ -91,6 +104,45 @@ def test_crop_and_flip_use_one_window_for_image_and_mask(tmp_path: Path):
             corners.add((ys.min(), xs.min()))
             flips.add((ys[0, 0] > ys[-1, 0], xs[0, 0] > xs[0, -1]))
     assert len(corners) > 5 and len(flips) == 4  # windows and flips vary
+
+
+def test_quarter_turns_and_flips_give_all_eight_symmetries_with_the_mask_following(tmp_path: Path):
+    images, masks, pattern = write_position_tiles(tmp_path)
+    dataset = make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=3, crop_size=(24, 24),
+                           random_flips=True, random_rotations=True, repeat=True)
+    orientations = set()
+    for image, mask in dataset.take(30).as_numpy_iterator():
+        for tile_image, tile_mask in zip(image, mask, strict=True):
+            ys = np.rint(tile_image[:, :, 0] * 255 / 4).astype(int)
+            xs = np.rint(tile_image[:, :, 1] * 255 / 4).astype(int)
+            np.testing.assert_array_equal(tile_mask[:, :, 1] == 1.0, pattern[ys, xs])
+            # Where the source's y grows (down the window or across it) and in which sense x grows.
+            y_runs_down = ys[0, 0] != ys[-1, 0]
+            orientations.add((y_runs_down, int(np.sign(ys[-1, -1] - ys[0, 0])), int(np.sign(xs[-1, -1] - xs[0, 0]))))
+    assert len(orientations) == 8
+
+
+def test_rotations_need_square_windows(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path))
+    with pytest.raises(DataError, match=r"\[train\] random_rotations: needs square windows, got 16×24"):
+        make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), crop_size=(16, 24), random_rotations=True)
+
+
+def test_intensity_jitter_changes_grey_levels_monotonically_and_leaves_the_mask(tmp_path: Path):
+    images, masks, _ = write_position_tiles(tmp_path)
+    options = {"batch_size": 3, "crop_size": (32, 32), "seed": 5}
+    plain_images, plain_masks = first_batch(make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), **options))
+    jittered, jittered_masks = first_batch(
+        make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), intensity_jitter=0.5, **options))
+    np.testing.assert_array_equal(jittered_masks, plain_masks)  # same windows, mask untouched
+    assert jittered.min() >= 0.0 and jittered.max() <= 1.0
+    assert np.abs(jittered - plain_images).mean() > 0.01
+    for before, after in zip(plain_images, jittered, strict=True):
+        # One increasing map per window (gamma, contrast, brightness): grey-level order survives, up to clipping.
+        order = np.argsort(before[:, :, 1].ravel(), kind="stable")
+        assert np.all(np.diff(after[:, :, 1].ravel()[order]) >= -1e-6)
+    with pytest.raises(DataError, match=r"\[train\] intensity_jitter = 1.5"):
+        make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), intensity_jitter=1.5)
 
 
 def test_several_crops_per_decoded_tile(tmp_path: Path):
@@ -158,7 +210,11 @@ def test_unknown_mask_colour_names_file_and_value(tmp_path: Path):
     with pytest.raises(DataError, match=r"mask .*tile_001\.png: value \(128,128,128\) is not in \[mask\] rgb_map"):
         check_masks(masks, RGB_MAP)
     dataset = make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=1)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"tile_001\.png: value \(128,128,128\)"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"tile_001\.png: grey value 128 is not in"):
+        list(dataset)  # a map of greys reads masks as one channel
+    coloured_map = {**RGB_MAP, (255, 0, 0): 2}
+    dataset = make_dataset(images, masks, coloured_map, 3, (SIZE, SIZE), batch_size=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"tile_001\.png: value \(128,128,128\) is not in"):
         list(dataset)
 
 

@@ -145,6 +145,34 @@ def test_reduce_lr_on_plateau_gets_the_configured_values(tmp_path: Path, tiny_da
                                           run_paths(config), ([], [])))
 
 
+def test_cosine_schedule_decays_the_learning_rate_every_step_and_replaces_the_plateau_reducer(
+        tmp_path: Path, tiny_dataset: Path):
+    import keras
+
+    from train.callbacks import cosine_factor
+    from train.config import load_config
+    from train.fit import callbacks_for, fit, run_paths
+
+    assert cosine_factor(0.0) == 1.0 and cosine_factor(1.0) == pytest.approx(0.01)
+    assert cosine_factor(0.5) == pytest.approx(0.505) and cosine_factor(7.0) == cosine_factor(1.0)
+    config = load_config(make_run(tmp_path, tiny_dataset, epochs=2),
+                         ["train.lr_schedule=cosine", "train.steps_per_epoch=3", "train.save_best_only=False"])
+    assert not any(isinstance(c, keras.callbacks.ReduceLROnPlateau)
+                   for c in callbacks_for(config, run_paths(config), ([], [])))
+
+    seen: list[float] = []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(self.model.optimizer.learning_rate.numpy()))
+
+    fit(config, verbose=0, extra_callbacks=[Recorder()])
+    expected = [config.model.learning_rate * cosine_factor(step / 6) for step in range(6)]
+    np.testing.assert_allclose(seen, expected, rtol=1e-5)
+    with pytest.raises(Exception, match=r"lr_schedule = \"cosine\" needs steps_per_epoch or max_train_seconds"):
+        callbacks_for(load_config(config.path, ["train.lr_schedule=cosine"]), run_paths(config), ([], []))
+
+
 class Killed(Exception):
     pass
 
@@ -225,14 +253,23 @@ def _grey_last_mask(run: Path) -> None:
     cv2.imwrite(str(mask), np.full((64, 64, 3), 128, np.uint8))
 
 
+def _red_last_mask(run: Path) -> None:
+    """A colour in a black/white map: read as grey, red is its luminance (0.299·255 ≈ 76), never 0 or 255."""
+    mask = sorted((_own_copy(run) / "train" / "masks").iterdir())[-1]
+    cv2.imwrite(str(mask), np.dstack([np.zeros((64, 64), np.uint8)] * 2 + [np.full((64, 64), 255, np.uint8)]))
+
+
 BAD = {
     "missing data folder": ([], lambda run: (run / "data").unlink(), "[train] images_dir"),
     "image without mask": ([], _remove_a_mask, "[train] masks_dir"),
     "mask value outside rgb_map": ([], _grey_mask, "EDF002_0x0.png: value (128,128,128) is not in [mask] rgb_map"),
-    "mask value found while streaming": ([], _grey_last_mask, "value (128,128,128) is not in [mask] rgb_map"),
+    "mask value found while streaming": ([], _grey_last_mask, "grey value 128 is not in [mask] rgb_map"),
+    "colour found while streaming": ([], _red_last_mask, "grey value 76 is not in [mask] rgb_map"),
     "kernels not a pair": (["--set", 'model.base_kernels="nine"'], None, "[model] base_kernels"),
     "even kernels": (["--set", "model.base_kernels=(8,8)"], None, "odd"),
     "too deep": (["--set", "model.num_layers=9"], None, "[model] num_layers = 9 is too deep"),
+    "crop the net cannot pool": (["--set", "train.crop_size=(36,36)", "--set", "model.downsample=2"], None,
+                                 "[train] crop_size = (36, 36): must be divisible by 8"),
 }
 
 

@@ -124,10 +124,13 @@ def test_max_num_layers():
         ({"num_layers": 8}, r"\[model\] num_layers = 8 is too deep for 64×64: .*num_layers = 7"),
         ({"num_layers": 0}, r"\[model\] num_layers = 0"),
         ({"dilation": (0, 1)}, r"\[model\] dilation"),
+        ({"downsample": 3}, r"\[model\] downsample = 3 does not divide the image size 64×64"),
+        ({"downsample": 2, "num_layers": 7}, r"\[model\] num_layers = 7 is too deep .*divisible by 128"),
     ],
 )
 def test_check_architecture_names_the_config_key(kwargs, message):
-    args = {"image_height": 64, "image_width": 64, "num_layers": 3, "base_kernels": (9, 9), "dilation": (1, 1)}
+    args = {"image_height": 64, "image_width": 64, "num_layers": 3, "base_kernels": (9, 9), "dilation": (1, 1),
+            "downsample": 1}
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         check_architecture(**args)
@@ -140,7 +143,24 @@ def test_check_architecture_names_the_config_key(kwargs, message):
             base_kernels=args["base_kernels"],
             num_layers=args["num_layers"],
             dilation=args["dilation"],
+            downsample=args["downsample"],
         )
+
+
+def test_downsampled_model_keeps_full_resolution_io_and_the_same_weights():
+    full, half = tiny_model(), tiny_model(downsample=2)
+    assert half.output_shape == full.output_shape == (None, 64, 64, 3)
+    assert half.count_params() == full.count_params()
+    # It is the full-resolution net run on the 2×2-mean-pooled image, its logits bilinearly enlarged: checked
+    # against a 32×32 twin holding the same weights.
+    twin = tiny_model(image_height=32, image_width=32)
+    twin.set_weights(half.get_weights())
+    twin_logits = keras.Model(twin.input, twin.get_layer("head_conv").output)
+    image = np.random.default_rng(0).random((2, 64, 64, 1)).astype("float32")
+    pooled = image.reshape(2, 32, 2, 32, 2, 1).mean(axis=(2, 4))
+    enlarged = keras.ops.image.resize(twin_logits.predict(pooled, verbose=0), (64, 64), interpolation="bilinear")
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(enlarged, axis=-1))
+    np.testing.assert_allclose(half.predict(image, verbose=0), expected, atol=1e-5)
 
 
 def test_deepest_allowed_model_builds():

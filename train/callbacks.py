@@ -1,8 +1,10 @@
-"""The two callbacks Keras does not have: the reference's epoch-change inference montage, and a
-wall-clock budget. Everything else (checkpoints, LR schedule, early stopping, logs, resume) is Keras' own."""
+"""The callbacks Keras does not have: the reference's epoch-change inference montage, a wall-clock budget, and
+a cosine learning-rate decay that can follow that budget. Everything else (checkpoints, plateau LR reduction,
+early stopping, logs, resume) is Keras' own."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -60,3 +62,38 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if time.monotonic() - self.start > self.seconds:
             self.model.stop_training = True
+
+
+def cosine_factor(progress: float, floor: float = 0.01) -> float:
+    """Learning-rate factor at ``progress`` ∈ [0, 1] of the run: 1 → ``floor`` along half a cosine."""
+    progress = min(max(progress, 0.0), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class CosineDecay(keras.callbacks.Callback):
+    """Set the learning rate to base·cosine_factor(progress) before every batch.
+
+    Progress is the larger of (optimizer steps / ``total_steps``) and (elapsed / ``seconds``): a run with a
+    wall-clock budget decays within the budget, whichever limit ends it first. Keras' LearningRateScheduler
+    only acts per epoch, and a schedule object baked into the optimizer cannot see the clock.
+    """
+
+    def __init__(self, base_learning_rate: float, total_steps: int | None, seconds: float | None = None):
+        super().__init__()
+        if not total_steps and not seconds:
+            raise ValueError("CosineDecay needs total_steps or seconds")
+        self.base = base_learning_rate
+        self.total_steps = total_steps
+        self.seconds = seconds
+        self.start = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def progress(self) -> float:
+        by_steps = int(self.model.optimizer.iterations.numpy()) / self.total_steps if self.total_steps else 0.0
+        by_time = (time.monotonic() - self.start) / self.seconds if self.seconds else 0.0
+        return max(by_steps, by_time)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate.assign(self.base * cosine_factor(self.progress()))

@@ -155,6 +155,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "activation": Key(_as_str, "relu"),
         "final_activation": Key(_as_str, "softmax"),
         "show_summary": Key(_as_bool, False),
+        # Ours: the network works at 1/downsample resolution (see train/model.py).
+        "downsample": Key(_as_int, 1, check=_positive),
     },
     "dataset": {
         "class_name": Key(_as_str, "ImageCategorizedMaskDataset"),
@@ -185,6 +187,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "crop_size": Key(_as_optional_pair, None, check=_positive_pair),
         "crops_per_tile": Key(_as_int, 1, check=_positive),
         "random_flips": Key(_as_bool, False),
+        "random_rotations": Key(_as_bool, False),
+        # plateau: the reference's ReduceLROnPlateau (when learning_rate_reducer); cosine: decay to 1 % over the run
+        # (epochs × steps_per_epoch, or max_train_seconds if that ends it first).
+        "lr_schedule": Key(_as_str, "plateau", check=_one_of("plateau", "cosine")),
+        # False keeps the last epoch's weights (with a decaying LR, usually better than a noisy val_loss's pick).
+        "save_best_only": Key(_as_bool, True),
+        "intensity_jitter": Key(_as_float, 0.0, check=lambda v: None if 0 <= v < 1 else "a value in [0, 1)"),
         "foreground_bias": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= 1 else "a value in [0, 1]"),
         "max_train_seconds": Key(lambda v: None if v is None else _as_float(v), None),
     },

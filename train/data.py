@@ -120,6 +120,8 @@ def make_dataset(
     foreground_bias: float = 0.0,
     drop_remainder: bool = False,
     crops_per_tile: int = 1,
+    random_rotations: bool = False,
+    intensity_jitter: float = 0.0,
 ) -> tf.data.Dataset:
     """Batches of (image float32 (B,H,W,C) in 0..1, one-hot mask float32 (B,H,W,num_classes)).
 
@@ -127,11 +129,21 @@ def make_dataset(
     one, each tile yields one random ``crop_size`` window (the same for image and mask) that, with probability
     ``foreground_bias``, contains a random foreground (class > 0) pixel. ``crops_per_tile`` > 1 takes that many
     windows from each decoded tile (decoding a 512² PNG pair costs far more than training on a 128² crop of it)
-    and mixes them through a small shuffle buffer. ``seed=None`` gives unseeded randomness and lets parallel
+    and mixes them through a small shuffle buffer. ``random_rotations`` turns each window by a random multiple of
+    90° (square windows only); with flips that covers all eight symmetries of the square, none of which a smear
+    prefers. ``intensity_jitter`` = j > 0 changes each window's gamma by a factor in [e^-j, e^j], its contrast by
+    one in [1-j, 1+j] and its brightness by up to ±j/4 (the mask is untouched): stains, focus and exposure differ
+    between slides, and a model that has seen a handful of sources must not key on their absolute grey levels.
+    ``seed=None`` gives unseeded randomness and lets parallel
     decoding return elements out of order.
     """
     if crops_per_tile < 1 or (crops_per_tile > 1 and crop_size is None):
         raise DataError(f"[train] crops_per_tile = {crops_per_tile}: expected 1, or more with a crop_size")
+    window = crop_size or image_size
+    if random_rotations and window[0] != window[1]:
+        raise DataError(f"[train] random_rotations: needs square windows, got {_hw(window)} (set a square crop_size)")
+    if not 0.0 <= intensity_jitter < 1.0:
+        raise DataError(f"[train] intensity_jitter = {intensity_jitter}: expected a value in [0, 1)")
     image_paths, mask_paths = [str(path) for path in image_paths], [str(path) for path in mask_paths]
     _validate_arguments(
         image_paths, mask_paths, num_classes, image_size, image_channels, batch_size, crop_size, color_order,
@@ -139,6 +151,12 @@ def make_dataset(
     )
     colours = _validated_colours(rgb_map)
     class_of_colour = [int(rgb_map[colour]) for colour in colours]
+    # A map of greys only (the usual black/white) reads masks as one channel: a third of the work per pixel. An
+    # RGB mask pixel decodes to its luminance, which is exactly v for (v,v,v) and strictly between two greys of a
+    # black/white map for any other colour, so stray colours are still caught (as their grey value).
+    grey_map = all(r == g == b for r, g, b in colours)
+    mask_channels = 1 if grey_map else 3
+    mask_keys = [r for r, _, _ in colours] if grey_map else [_rgb_key(colour) for colour in colours]
     _validate_classes(rgb_map, num_classes)
     uses_tiff = any(Path(path).suffix.lower() in TIFF_SUFFIXES for path in image_paths + mask_paths)
     decode = _decode_with_opencv if uses_tiff else _decode_with_tensorflow
@@ -147,7 +165,8 @@ def make_dataset(
     def load(paths: tuple[tf.Tensor, tf.Tensor], draw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         image_path, mask_path = paths
         image = decode(image_path, image_channels)
-        labels = _mask_to_labels(decode(mask_path, 3), mask_path, colours, class_of_colour, rgb_map_text)
+        mask = decode(mask_path, mask_channels)
+        labels = _mask_to_labels(mask, mask_path, mask_keys, class_of_colour, rgb_map_text)
         image, labels = _check_tile_size(image, labels, image_path, mask_path, image_size, crop_size)
         # Foreground pixels are listed once per tile, not once per window.
         foreground = tf.where(labels > 0) if crop_size is not None and foreground_bias > 0 else None
@@ -157,16 +176,22 @@ def make_dataset(
         return tf.stack([w[0] for w in windows]), tf.stack([w[1] for w in windows])
 
     def sample(image: tf.Tensor, labels: tf.Tensor, foreground, draw: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
-        # One stateless draw per window: (foreground?, which pixel, window y, window x, flip v, flip h).
-        uniforms = tf.random.stateless_uniform([6], seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
+        # One stateless draw per window: (foreground?, which pixel, window y, window x, flip v, flip h, quarter
+        # turns, gamma, contrast, brightness).
+        uniforms = tf.random.stateless_uniform([10], seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
         if crop_size is not None:
             image, labels = _random_crop(image, labels, crop_size, uniforms, foreground_bias, foreground)
         if random_flips:
             image, labels = _random_flips(image, labels, uniforms)
+        if random_rotations:
+            image, labels = _random_quarter_turns(image, labels, uniforms[6])
         if color_order == "BGR" and image_channels == 3:
             image = tf.reverse(image, axis=[-1])
         height, width = crop_size or image_size
-        image = tf.ensure_shape(tf.cast(image, tf.float32) / 255.0, (height, width, image_channels))
+        image = tf.cast(image, tf.float32) / 255.0
+        if intensity_jitter > 0:
+            image = _jitter_intensity(image, uniforms[7:10], intensity_jitter)
+        image = tf.ensure_shape(image, (height, width, image_channels))
         mask = tf.ensure_shape(tf.one_hot(labels, num_classes, dtype=tf.float32), (height, width, num_classes))
         return image, mask
 
@@ -216,16 +241,25 @@ def _read_opencv(path: str, channels: int) -> np.ndarray:
 
 
 def _mask_to_labels(
-    rgb: tf.Tensor, path: tf.Tensor, colours: list[tuple[int, int, int]], classes: list[int], rgb_map_text: str
+    mask: tf.Tensor, path: tf.Tensor, colour_keys: list[int], classes: list[int], rgb_map_text: str
 ) -> tf.Tensor:
-    """Class index (H,W) int32 of each mask pixel; a colour outside rgb_map fails with the file and the value."""
-    rgb = tf.cast(rgb, tf.int32)
-    keys = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
-    matches = tf.equal(keys[..., None], tf.constant([_rgb_key(colour) for colour in colours], tf.int32))
+    """Class index (H,W) int32 of each mask pixel; a value outside rgb_map fails with the file and the value.
+
+    ``mask`` is (H,W,3) RGB with ``colour_keys`` from _rgb_key, or (H,W,1) grey with the map's grey levels."""
+    channels = mask.shape[-1]
+    mask = tf.cast(mask, tf.int32)
+    keys = mask[..., 0] if channels == 1 else mask[..., 0] * 65536 + mask[..., 1] * 256 + mask[..., 2]
+    matches = tf.equal(keys[..., None], tf.constant(colour_keys, tf.int32))
     known = tf.reduce_any(matches, axis=-1)
     first_unknown = tf.argmin(tf.cast(tf.reshape(known, [-1]), tf.int32))
-    value = tf.strings.reduce_join(tf.strings.as_string(tf.reshape(rgb, [-1, 3])[first_unknown]), separator=",")
-    message = tf.strings.join(["mask ", path, ": value (", value, ") is not in [mask] rgb_map ", rgb_map_text])
+    value = tf.strings.reduce_join(tf.strings.as_string(tf.reshape(mask, [-1, channels])[first_unknown]),
+                                   separator=",")
+    if channels == 1:
+        parts = [": grey value ", value, " is not in [mask] rgb_map ", rgb_map_text,
+                 " (with a map of greys, masks are read as grey: a colour shows as its luminance)"]
+    else:
+        parts = [": value (", value, ") is not in [mask] rgb_map ", rgb_map_text]
+    message = tf.strings.join(["mask ", path, *parts])
     assertion = tf.debugging.Assert(tf.reduce_all(known), [message])
     with tf.control_dependencies([assertion]):
         return tf.gather(tf.constant(classes, tf.int32), tf.argmax(matches, axis=-1, output_type=tf.int32))
@@ -296,6 +330,20 @@ def _random_flips(image: tf.Tensor, labels: tf.Tensor, uniforms: tf.Tensor) -> t
         image = tf.where(flip, tf.reverse(image, [axis]), image)
         labels = tf.where(flip, tf.reverse(labels, [axis]), labels)
     return image, labels
+
+
+def _random_quarter_turns(image: tf.Tensor, labels: tf.Tensor, uniform: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    turns = tf.minimum(tf.cast(uniform * 4, tf.int32), 3)
+    return tf.image.rot90(image, turns), tf.image.rot90(labels[..., None], turns)[..., 0]
+
+
+def _jitter_intensity(image: tf.Tensor, uniforms: tf.Tensor, jitter: float) -> tf.Tensor:
+    """Gamma, then contrast about the window's mean, then brightness, on an image in 0..1; clipped to 0..1."""
+    signed = 2.0 * uniforms - 1.0  # three draws in [-1, 1)
+    image = tf.pow(tf.maximum(image, 1e-6), tf.exp(jitter * signed[0]))
+    mean = tf.reduce_mean(image)
+    image = (image - mean) * (1.0 + jitter * signed[1]) + mean + 0.25 * jitter * signed[2]
+    return tf.clip_by_value(image, 0.0, 1.0)
 
 
 def _pick(uniform: tf.Tensor, low: tf.Tensor | int, high: tf.Tensor | int) -> tf.Tensor:

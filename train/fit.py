@@ -98,16 +98,21 @@ def build_model(config: Config, image_size: tuple[int | None, int | None] | None
 
     m = config.model
     try:
-        check_architecture(m.image_height, m.image_width, m.num_layers, m.base_kernels, m.dilation)
+        check_architecture(m.image_height, m.image_width, m.num_layers, m.base_kernels, m.dilation, m.downsample)
     except ValueError as err:
         raise ConfigError(f"{config.path}: {err}") from None
+    crop = config.train.crop_size
+    multiple = m.downsample * 2 ** (m.num_layers - 1)
+    if crop is not None and (crop[0] % multiple or crop[1] % multiple):
+        raise ConfigError(f"{config.path}: [train] crop_size = {crop}: must be divisible by {multiple} "
+                          f"([model] downsample × 2^(num_layers-1) = {m.downsample} × {2 ** (m.num_layers - 1)})")
     height, width = image_size or config.image_size
     # As the reference: more than one class means softmax over classes, whatever final_activation says.
     final = "softmax" if m.num_classes > 1 else m.final_activation
     return build_flexunet(height, width, m.image_channels, m.num_classes, base_filters=m.base_filters,
                           base_kernels=m.base_kernels, num_layers=m.num_layers, dropout_rate=m.dropout_rate,
                           dilation=m.dilation, normalization=m.normalization, activation=m.activation,
-                          final_activation=final)
+                          final_activation=final, downsample=m.downsample)
 
 
 def compile_model(model, config: Config) -> None:
@@ -154,6 +159,7 @@ def datasets(config: Config, with_validation: bool = True):
     check_sizes(train_images, train_masks, config.image_size, crop_size=t.crop_size)
     train_ds = make_dataset(train_images, train_masks, batch_size=t.batch_size, shuffle=True, seed=t.seed,
                             crop_size=t.crop_size, random_flips=t.random_flips, foreground_bias=t.foreground_bias,
+                            random_rotations=t.random_rotations, intensity_jitter=t.intensity_jitter,
                             crops_per_tile=t.crops_per_tile, repeat=t.steps_per_epoch is not None, **common)
     valid_ds, valid_pairs = None, ([], [])
     if with_validation:
@@ -191,20 +197,26 @@ def _prepare_output(paths: RunPaths, config: Config, overwrite: bool) -> bool:
 def callbacks_for(config: Config, paths: RunPaths, valid_pairs, extra=()):
     import keras
 
-    from train.callbacks import EpochMontage, TimeBudget
+    from train.callbacks import CosineDecay, EpochMontage, TimeBudget
 
     t = config.train
     best = paths.best if t.save_weights_only else paths.best_model
     chosen = [
         keras.callbacks.BackupAndRestore(backup_dir=str(paths.backup), delete_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True,
+        keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=t.save_best_only,
                                         save_weights_only=t.save_weights_only),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.patience, restore_best_weights=False),
         keras.callbacks.CSVLogger(str(paths.log), append=True),
         keras.callbacks.TensorBoard(log_dir=str(paths.model_dir / "logs")),
         keras.callbacks.TerminateOnNaN(),
     ]
-    if t.learning_rate_reducer:
+    if t.lr_schedule == "cosine":
+        total_steps = t.epochs * t.steps_per_epoch if t.steps_per_epoch else None
+        if total_steps is None and not t.max_train_seconds:
+            raise ConfigError(f"{config.path}: [train] lr_schedule = \"cosine\" needs steps_per_epoch or "
+                              "max_train_seconds to know how long the run is")
+        chosen.append(CosineDecay(config.model.learning_rate, total_steps, t.max_train_seconds))
+    elif t.learning_rate_reducer:
         chosen.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=t.reducer_factor,
                                                         patience=t.reducer_patience, verbose=1))
     if t.epoch_change_infer and t.num_infer_images > 0 and valid_pairs[0]:

@@ -7,6 +7,11 @@ Layout, for num_layers = L (level i = 0 … L-1, level L-1 is the bottleneck and
                       → conv → [BN]          (i = L-2 … 0)
     head:             1×1 conv to num_classes → final activation (float32, for mixed precision)
 
+With downsample = d > 1 the network works at 1/d resolution: the input is average-pooled d×d first and the
+class logits are bilinearly up-sampled d× before the final activation, so the model still maps an H×W image to
+H×W probabilities (tiling, stitching and metrics are unchanged). EDF nuclei are 20–30 px wide, so d = 2 still
+resolves them while each step costs about a quarter and a crop sees four times the area.
+
 Level i has base_filters·2^i filters, kernel sizes base_kernels − 2i (floor 3) and dilation rates dilation − i
 (floor 1); a decoder level uses the same values as the encoder level it joins. With the reference config
 (512×512×3, 2 classes, 16 filters, 9×9 kernels, 8 levels) this is the reference's 124,996,866-parameter model.
@@ -37,6 +42,7 @@ def check_architecture(
     num_layers: int,
     base_kernels: tuple[int, int],
     dilation: tuple[int, int],
+    downsample: int = 1,
 ) -> None:
     """Raise ValueError, naming the config key, for a FlexUNet that cannot be built for this image size."""
     if image_height < 1 or image_width < 1:
@@ -54,11 +60,17 @@ def check_architecture(
         raise ValueError(f"[model] dilation = {rates}: expected two dilation rates ≥ 1, e.g. (1, 1)")
     if num_layers < 1:
         raise ValueError(f"[model] num_layers = {num_layers}: at least 1 level is needed")
-    deepest = max_num_layers(image_height, image_width)
+    if downsample < 1:
+        raise ValueError(f"[model] downsample = {downsample}: expected 1 (full resolution) or more")
+    if image_height % downsample or image_width % downsample:
+        raise ValueError(
+            f"[model] downsample = {downsample} does not divide the image size {image_height}×{image_width}"
+        )
+    deepest = max_num_layers(image_height // downsample, image_width // downsample)
     if num_layers > deepest:
         raise ValueError(
             f"[model] num_layers = {num_layers} is too deep for {image_height}×{image_width}: its "
-            f"{num_layers - 1} poolings need height and width divisible by {2 ** (num_layers - 1)}; "
+            f"{num_layers - 1} poolings need height and width divisible by {downsample * 2 ** (num_layers - 1)}; "
             f"the most this size allows is num_layers = {deepest}"
         )
 
@@ -85,15 +97,17 @@ def build_flexunet(
     activation: str = "relu",
     final_activation: str = "softmax",
     input_normalize: bool = False,
+    downsample: int = 1,
     name: str = "FlexUNet",
 ) -> keras.Model:
     """Build FlexUNet (see the module docstring); the output is (N, H, W, num_classes) in float32.
 
     ``image_height``/``image_width`` may be None for a size-agnostic model (train on crops, validate and
-    predict on whole tiles); inputs must then be divisible by 2^(num_layers-1).
+    predict on whole tiles); inputs must then be divisible by downsample·2^(num_layers-1).
     """
-    nominal = 2 ** (num_layers - 1) if num_layers >= 1 else 1
-    check_architecture(image_height or nominal, image_width or nominal, num_layers, base_kernels, dilation)
+    nominal = max(downsample, 1) * 2 ** (num_layers - 1) if num_layers >= 1 else 1
+    check_architecture(image_height or nominal, image_width or nominal, num_layers, base_kernels, dilation,
+                       downsample)
 
     def conv_block(x, prefix: str, filters: int, level: int):
         conv_args = {
@@ -114,6 +128,8 @@ def build_flexunet(
 
     inputs = keras.Input((image_height, image_width, image_channels), name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs) if input_normalize else inputs
+    if downsample > 1:
+        x = layers.AveragePooling2D(downsample, name="downsample")(x)
 
     skips = []
     for level in range(num_layers):
@@ -129,6 +145,8 @@ def build_flexunet(
         x = conv_block(x, f"dec{level}", filters, level)
 
     x = layers.Conv2D(num_classes, 1, name="head_conv")(x)
+    if downsample > 1:  # logits, not probabilities: interpolated logits still give a proper softmax
+        x = layers.UpSampling2D(downsample, interpolation="bilinear", name="upsample")(x)
     # float32 here keeps softmax and the loss stable when the rest of the model runs in mixed_float16.
     outputs = layers.Activation(final_activation, dtype="float32", name="head_activation")(x)
     return keras.Model(inputs, outputs, name=name)
