@@ -11,6 +11,7 @@ SAMPLE_DIR ?= data/sample/EDF
 EDF_DIR    ?= $(SAMPLE_DIR)
 DATASET    ?= dataset/Tiled-EDF-Cervical-Cytology
 PREP_FLAGS ?=
+SYNTH_FLAGS ?=
 OVERWRITE  ?=
 DEMO_DIR   ?= demo-output
 WORKERS    ?=
@@ -57,7 +58,7 @@ test: $(STAMP)
 
 # The synthetic sample is generated on first use (never committed).
 $(SAMPLE_DIR)/EDF000.png: | $(STAMP)
-	$(BIN)/prep synth --output $(SAMPLE_DIR) --overwrite
+	$(BIN)/prep synth --output $(SAMPLE_DIR) --overwrite $(SYNTH_FLAGS)
 
 sample: $(SAMPLE_DIR)/EDF000.png
 
@@ -119,8 +120,9 @@ bench-infer: $(STAMP)
 # Real-data quality: TRAIN_EDF and TEST_EDF are ISBI-layout folders with disjoint source images.
 # Leave-sources-out folds from the real tiles: $(BIN)/python bench/make_folds.py --tiles DIR --out DIR
 bench-real: $(STAMP)
-	@test -n "$(TRAIN_EDF)" -a -n "$(TEST_EDF)" || { echo "usage: make bench-real TRAIN_EDF=DIR TEST_EDF=DIR [OUT=DIR]" >&2; exit 2; }
-	$(BIN)/python bench/bench_real.py --train-edf $(TRAIN_EDF) --test-edf $(TEST_EDF) $(if $(OUT),--out $(OUT),)
+	@test -n "$(TRAIN_EDF)" -a -n "$(TEST_EDF)" || { echo "usage: make bench-real TRAIN_EDF=DIR TEST_EDF=DIR [OUT=DIR] [SYNTH=N]" >&2; exit 2; }
+	$(BIN)/python bench/bench_real.py --train-edf $(TRAIN_EDF) --test-edf $(TEST_EDF) $(if $(OUT),--out $(OUT),) \
+		$(if $(SYNTH),--synth $(SYNTH),)
 
 # Default: the full-size source images of DATASET's test split, scored against their GT; or INPUT=file|dir [GT=dir].
 infer: $(STAMP)
