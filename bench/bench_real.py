@@ -3,6 +3,8 @@
     python bench/bench_real.py --train-edf DIR --test-edf DIR [--out DIR] [--config configs/bench_cpu.config]
 
 1. `prep run` on TRAIN_EDF into train and valid only (split by source image, test ratio 0);
+   with --synth N (default 32), `prep synth` makes N synthetic fields and `prep run --no-augment` tiles them
+   into extra *training* tiles only (validation and test stay real); --synth 0 trains on real tiles alone;
 2. `train fit` of the config (its [train] max_train_seconds is the budget, ≤ 15 min on 2 cores);
 3. `infer` of every full-size image of TEST_EDF (ISBI layout) by stitching, scored against its *_GT.png.
 The last line printed is one JSON object (nucleus_dice is the mean over test images; *_pooled over pixels).
@@ -42,7 +44,7 @@ def _run(command: click.Command, args: list[str]) -> None:
 
 
 def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrides: list[str],
-               infer_flags: list[str], valid_ratio: float = 0.2) -> dict:
+               infer_flags: list[str], valid_ratio: float = 0.2, synth: int = 0, synth_seed: int = 2014) -> dict:
     from infer.cli import cli as infer_cli
     from prep.cli import cli as prep_cli
     from train.cli import cli as train_cli
@@ -52,16 +54,43 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
     out.mkdir(parents=True, exist_ok=True)
     _run(prep_cli, ["run", "--input", str(train_edf), "--output", str(out / "dataset"), "--overwrite",
                     "--split", f"{1 - valid_ratio:g},{valid_ratio:g},0", "--tile-size", str(tile), "--no-progress"])
+    data_keys = dict(DATA_KEYS)
+    if synth:
+        _run(prep_cli, ["synth", "--output", str(out / "synth-edf"), "--count", str(synth), "--size", "1024",
+                        "--seed", str(synth_seed), "--overwrite", "--no-progress"])
+        _run(prep_cli, ["run", "--input", str(out / "synth-edf"), "--output", str(out / "synth-dataset"),
+                        "--overwrite", "--split", "1,0,0", "--tile-size", str(tile), "--no-augment", "--no-progress"])
+        mix_training_tiles([out / "dataset" / "train", out / "synth-dataset" / "train"], out / "train-mix")
+        data_keys.update({"train.images_dir": "./train-mix/images", "train.masks_dir": "./train-mix/masks"})
     run_config = out / "train_eval_infer.config"
     shutil.copyfile(config, run_config)
-    settings = [item for key, value in DATA_KEYS.items() for item in ("--set", f"{key}={value}")]
+    settings = [item for key, value in data_keys.items() for item in ("--set", f"{key}={value}")]
     settings += [item for override in overrides for item in ("--set", override)]
     start = time.monotonic()
     _run(train_cli, ["fit", "--config", str(run_config), *settings, "--overwrite"])
     train_seconds = time.monotonic() - start
     _run(infer_cli, ["--config", str(run_config), *settings, "--input", str(test_edf), "--gt", str(test_edf),
                      "--output", str(out / "infer"), "--overwrite", "--no-progress", *infer_flags])
-    return summarise(out, train_seconds)
+    summary = summarise(out, train_seconds)
+    summary["synth_images"] = synth
+    summary["train_tiles"] = len(list((out / ("train-mix" if synth else "dataset/train") / "images").glob("*.png")))
+    return summary
+
+
+def mix_training_tiles(splits: list[Path], mixed: Path) -> int:
+    """One images/ + masks/ folder of links to the tiles of several prepared splits (name-prefixed by their
+    dataset, so equal tile names cannot collide); returns the number of tiles."""
+    if mixed.exists():
+        shutil.rmtree(mixed)
+    count = 0
+    for split in splits:
+        prefix = split.parent.name
+        for kind in ("images", "masks"):
+            (mixed / kind).mkdir(parents=True, exist_ok=True)
+            for tile in sorted((split / kind).glob("*.png")):
+                (mixed / kind / f"{prefix}_{tile.name}").symlink_to(tile.resolve())
+                count += kind == "images"
+    return count
 
 
 def summarise(out: Path, train_seconds: float) -> dict:
@@ -101,11 +130,14 @@ def summarise(out: Path, train_seconds: float) -> dict:
 @click.option("--set", "overrides", multiple=True, help="Config override, e.g. train.max_train_seconds=600.")
 @click.option("--infer-flags", default="--tta --min-area 30 --fill-holes", show_default=True,
               help="Flags passed to infer (TTA and post-processing).")
-def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, overrides, infer_flags: str) -> None:
+@click.option("--synth", type=click.IntRange(min=0), default=32, show_default=True,
+              help="Synthetic 1024² fields added as extra training tiles (0: real tiles only).")
+def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, overrides, infer_flags: str,
+         synth: int) -> None:
     """Train on TRAIN_EDF's sources, score stitched predictions of TEST_EDF's images."""
     with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
         summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
-                             infer_flags.split())
+                             infer_flags.split(), synth=synth)
     click.echo(json.dumps(summary))
 
 

@@ -55,6 +55,26 @@ def test_tiny_bench_real_reports_scores_on_the_held_out_images(tmp_path: Path):
     json.dumps(summary)  # the bench prints it as its last line
 
 
+def test_synthetic_fields_join_training_only(tmp_path: Path):
+    train_edf = write_edf_folder(tmp_path / "train", count=3, height=128, width=128, seed=1)
+    test_edf = write_edf_folder(tmp_path / "test", count=1, height=128, width=128, seed=2)
+    config = tmp_path / "tiny.config"
+    config.write_text(TINY)
+    out = tmp_path / "out"
+    summary = bench_real(train_edf, test_edf, out, config, ["train.epochs=1"], [], synth=2)
+    real_tiles = sorted(p.name for p in (out / "dataset" / "train" / "images").glob("*.png"))
+    synth_tiles = sorted(p.name for p in (out / "synth-dataset" / "train" / "images").glob("*.png"))
+    mixed = sorted(p.name for p in (out / "train-mix" / "images").glob("*.png"))
+    assert real_tiles and synth_tiles and summary["synth_images"] == 2
+    assert mixed == sorted([f"dataset_{n}" for n in real_tiles] + [f"synth-dataset_{n}" for n in synth_tiles])
+    assert summary["train_tiles"] == len(mixed)
+    for kind in ("images", "masks"):
+        assert all(link.resolve().is_file() for link in (out / "train-mix" / kind).iterdir())
+    for split in ("valid", "test"):  # synthetic tiles train only: validation and test stay real
+        assert not list((out / "synth-dataset" / split / "images").glob("*.png"))
+    assert summary["test_images"] == 1
+
+
 def test_source_ids_come_from_the_reference_names():
     assert source_of("10001_1x0") == "10001"
     assert source_of("barrdistorted_1003_0.3_0.3_10001_0x0") == "10001"
