@@ -34,7 +34,7 @@ def test_make_demo_runs_end_to_end_and_lists_files_that_exist(tmp_path: Path):
     # Every concrete path the closing list names (not the EDFnnn / NNN patterns) is there.
     named = [path for path in re.findall(r"(/\S+?\.(?:png|csv|json|h5))\b", listed)
              if "nnn" not in path and "NNN" not in path]
-    assert len(named) >= 8, listed
+    assert len(named) >= 7, listed  # the lines that spell a whole path (the rest name files beside them)
     for path in named:
         assert Path(path).is_file(), path
     assert sorted(sample.glob("EDF*_GT.png")) and (demo / "dataset" / "manifest.csv").is_file()

@@ -148,6 +148,15 @@ def tile_dataset_options(config: Config) -> dict:
             "color_order": config.image.color_order}
 
 
+def training_dataset_options(config: Config) -> dict:
+    """The make_dataset arguments of the training split: shared ones, plus crops, sampling and augmentation."""
+    t = config.train
+    return {**tile_dataset_options(config), "batch_size": t.batch_size, "shuffle": True, "seed": t.seed,
+            "crop_size": t.crop_size, "random_flips": t.random_flips, "foreground_bias": t.foreground_bias,
+            "random_rotations": t.random_rotations, "intensity_jitter": t.intensity_jitter,
+            "crops_per_tile": t.crops_per_tile, "repeat": t.steps_per_epoch is not None}
+
+
 def datasets(config: Config, with_validation: bool = True):
     """(train dataset, valid dataset or None, train pairs, valid pairs)."""
     from train.data import check_masks, check_sizes, make_dataset
@@ -157,10 +166,7 @@ def datasets(config: Config, with_validation: bool = True):
     train_images, train_masks = _pairs(config, "train")
     check_masks(train_masks, config.mask.rgb_map)
     check_sizes(train_images, train_masks, config.image_size, crop_size=t.crop_size)
-    train_ds = make_dataset(train_images, train_masks, batch_size=t.batch_size, shuffle=True, seed=t.seed,
-                            crop_size=t.crop_size, random_flips=t.random_flips, foreground_bias=t.foreground_bias,
-                            random_rotations=t.random_rotations, intensity_jitter=t.intensity_jitter,
-                            crops_per_tile=t.crops_per_tile, repeat=t.steps_per_epoch is not None, **common)
+    train_ds = make_dataset(train_images, train_masks, **training_dataset_options(config))
     valid_ds, valid_pairs = None, ([], [])
     if with_validation:
         valid_pairs = _pairs(config, "valid")
