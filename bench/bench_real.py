@@ -60,8 +60,11 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
                         "--seed", str(synth_seed), "--overwrite", "--no-progress"])
         _run(prep_cli, ["run", "--input", str(out / "synth-edf"), "--output", str(out / "synth-dataset"),
                         "--overwrite", "--split", "1,0,0", "--tile-size", str(tile), "--no-augment", "--no-progress"])
-        mix_training_tiles([out / "dataset" / "train", out / "synth-dataset" / "train"], out / "train-mix")
+        train_tiles = mix_training_tiles([out / "dataset" / "train", out / "synth-dataset" / "train"],
+                                         out / "train-mix")
         data_keys.update({"train.images_dir": "./train-mix/images", "train.masks_dir": "./train-mix/masks"})
+    else:
+        train_tiles = len(list((out / "dataset" / "train" / "images").glob("*.png")))
     run_config = out / "train_eval_infer.config"
     shutil.copyfile(config, run_config)
     settings = [item for key, value in data_keys.items() for item in ("--set", f"{key}={value}")]
@@ -73,7 +76,7 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
                      "--output", str(out / "infer"), "--overwrite", "--no-progress", *infer_flags])
     summary = summarise(out, train_seconds)
     summary["synth_images"] = synth
-    summary["train_tiles"] = len(list((out / ("train-mix" if synth else "dataset/train") / "images").glob("*.png")))
+    summary["train_tiles"] = train_tiles
     return summary
 
 
