@@ -56,6 +56,8 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[model]\noptimizer = SGD\n", "[model] optimizer"),
     ("[train]\nbatch_size = 0\n", "[train] batch_size"),
     ("[train]\nsave_weights_only = maybe\n", "[train] save_weights_only"),
+    ("[train]\nrandom_scale = 1.5\n", "[train] random_scale"),
+    ("[train]\nintensity_jitter = -0.1\n", "[train] intensity_jitter"),
     ("[mask]\nrgb_map = {(0,0,0):0,(255,255):1}\n", "[mask] rgb_map"),
     ("[mask]\nrgb_map = {(0,0,0):0,(255,255,255):2}\n", "num_classes"),
 ])

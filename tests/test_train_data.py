@@ -145,6 +145,29 @@ def test_intensity_jitter_changes_grey_levels_monotonically_and_leaves_the_mask(
         make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), intensity_jitter=1.5)
 
 
+def test_random_scale_zooms_windows_with_the_mask_following(tmp_path: Path):
+    images, masks, pattern = write_position_tiles(tmp_path)
+    dataset = make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=4, crop_size=(16, 16),
+                           random_scale=0.5, seed=2, repeat=True)
+    spans, agreement = [], []
+    for image, mask in dataset.take(10).as_numpy_iterator():
+        assert image.shape == (4, 16, 16, 3) and mask.shape == (4, 16, 16, 2)
+        assert set(np.unique(mask)) <= {0.0, 1.0}  # nearest-neighbour labels: still one-hot
+        for tile_image, tile_mask in zip(image, mask, strict=True):
+            ys = np.clip(np.rint(tile_image[:, :, 0] * 255 / 4).astype(int), 0, SIZE - 1)
+            xs = np.clip(np.rint(tile_image[:, :, 1] * 255 / 4).astype(int), 0, SIZE - 1)
+            spans.append(ys[-1, 0] - ys[0, 0] + 1)  # source rows the 16-pixel window covers
+            agreement.append(np.mean((tile_mask[:, :, 1] == 1.0) == pattern[ys, xs]))
+    # Factors in [1/1.5, 1.5]: windows of about 11 to 24 source pixels, both zoomed in and out.
+    assert min(spans) >= 10 and max(spans) <= 25
+    assert min(spans) <= 13 and max(spans) >= 20
+    assert np.mean(agreement) > 0.97  # image and mask are zoomed as one (pixels on a rounding tie may differ)
+    with pytest.raises(DataError, match=r"\[train\] random_scale = 1.0"):
+        make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), crop_size=(16, 16), random_scale=1.0)
+    with pytest.raises(DataError, match=r"\[train\] random_scale: needs a crop_size"):
+        make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), random_scale=0.2)
+
+
 def test_several_crops_per_decoded_tile(tmp_path: Path):
     images, masks, pattern = write_position_tiles(tmp_path)
     one = make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=4, crop_size=(16, 16), seed=3)

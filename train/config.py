@@ -194,6 +194,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # False keeps the last epoch's weights (with a decaying LR, usually better than a noisy val_loss's pick).
         "save_best_only": Key(_as_bool, True),
         "intensity_jitter": Key(_as_float, 0.0, check=lambda v: None if 0 <= v < 1 else "a value in [0, 1)"),
+        "random_scale": Key(_as_float, 0.0, check=lambda v: None if 0 <= v < 1 else "a value in [0, 1)"),
         "foreground_bias": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= 1 else "a value in [0, 1]"),
         "max_train_seconds": Key(lambda v: None if v is None else _as_float(v), None),
     },

@@ -122,6 +122,7 @@ def make_dataset(
     crops_per_tile: int = 1,
     random_rotations: bool = False,
     intensity_jitter: float = 0.0,
+    random_scale: float = 0.0,
 ) -> tf.data.Dataset:
     """Batches of (image float32 (B,H,W,C) in 0..1, one-hot mask float32 (B,H,W,num_classes)).
 
@@ -134,6 +135,9 @@ def make_dataset(
     prefers. ``intensity_jitter`` = j > 0 changes each window's gamma by a factor in [e^-j, e^j], its contrast by
     one in [1-j, 1+j] and its brightness by up to ±j/4 (the mask is untouched): stains, focus and exposure differ
     between slides, and a model that has seen a handful of sources must not key on their absolute grey levels.
+    ``random_scale`` = s > 0 zooms each window by a factor drawn log-uniformly in [1/(1+s), 1+s] (a window of
+    crop/factor pixels, resized to the crop: bilinear for the image, nearest for the mask): nucleus size differs
+    between sources and slide preparations, and a model trained on a few sources must not learn one size.
     ``seed=None`` gives unseeded randomness and lets parallel
     decoding return elements out of order.
     """
@@ -144,6 +148,10 @@ def make_dataset(
         raise DataError(f"[train] random_rotations: needs square windows, got {_hw(window)} (set a square crop_size)")
     if not 0.0 <= intensity_jitter < 1.0:
         raise DataError(f"[train] intensity_jitter = {intensity_jitter}: expected a value in [0, 1)")
+    if not 0.0 <= random_scale < 1.0:
+        raise DataError(f"[train] random_scale = {random_scale}: expected a value in [0, 1)")
+    if random_scale > 0 and crop_size is None:
+        raise DataError("[train] random_scale: needs a crop_size (the zoomed window is cut from the tile)")
     image_paths, mask_paths = [str(path) for path in image_paths], [str(path) for path in mask_paths]
     _validate_arguments(
         image_paths, mask_paths, num_classes, image_size, image_channels, batch_size, crop_size, color_order,
@@ -177,9 +185,14 @@ def make_dataset(
 
     def sample(image: tf.Tensor, labels: tf.Tensor, foreground, draw: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         # One stateless draw per window: (foreground?, which pixel, window y, window x, flip v, flip h, quarter
-        # turns, gamma, contrast, brightness).
-        uniforms = tf.random.stateless_uniform([10], seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
-        if crop_size is not None:
+        # turns, gamma, contrast, brightness, zoom).
+        uniforms = tf.random.stateless_uniform([11], seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
+        if random_scale > 0:
+            source_size = _zoomed_window(crop_size, tf.shape(labels), uniforms[10], random_scale)
+            image, labels = _random_crop(image, labels, source_size, uniforms, foreground_bias, foreground)
+            image = tf.image.resize(image, crop_size, method="bilinear", antialias=True)  # float 0..255
+            labels = tf.image.resize(labels[..., None], crop_size, method="nearest")[..., 0]
+        elif crop_size is not None:
             image, labels = _random_crop(image, labels, crop_size, uniforms, foreground_bias, foreground)
         if random_flips:
             image, labels = _random_flips(image, labels, uniforms)
@@ -291,13 +304,22 @@ def _check_tile_size(
         return tf.identity(image), tf.identity(labels)
 
 
+def _zoomed_window(crop_size: tuple[int, int], tile_shape: tf.Tensor, uniform: tf.Tensor, scale: float) -> tf.Tensor:
+    """(height, width) of the tile window that a zoom factor in [1/(1+scale), 1+scale] (log-uniform) turns into
+    ``crop_size``; never larger than the tile."""
+    log_range = tf.math.log(1.0 + scale)
+    factor = tf.exp((2.0 * uniform - 1.0) * log_range)
+    window = tf.cast(tf.round(tf.constant(crop_size, tf.float32) / factor), tf.int32)
+    return tf.minimum(tf.maximum(window, 1), tile_shape[:2])
+
+
 def _random_crop(
-    image: tf.Tensor, labels: tf.Tensor, crop_size: tuple[int, int], uniforms: tf.Tensor, foreground_bias: float,
+    image: tf.Tensor, labels: tf.Tensor, crop_size, uniforms: tf.Tensor, foreground_bias: float,
     foreground: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """One window for image and mask; with probability ``foreground_bias`` it holds a random foreground pixel
-    (``foreground``: the tile's tf.where(labels > 0), when already computed)."""
-    crop_height, crop_width = crop_size
+    (``foreground``: the tile's tf.where(labels > 0), when already computed). ``crop_size`` may be a tensor."""
+    crop_height, crop_width = crop_size[0], crop_size[1]
     shape = tf.shape(labels)
     last_y, last_x = shape[0] - crop_height, shape[1] - crop_width
 
