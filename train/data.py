@@ -187,13 +187,13 @@ def make_dataset(
         # One stateless draw per window: (foreground?, which pixel, window y, window x, flip v, flip h, quarter
         # turns, gamma, contrast, brightness, zoom).
         uniforms = tf.random.stateless_uniform([11], seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
-        if random_scale > 0:
-            source_size = _zoomed_window(crop_size, tf.shape(labels), uniforms[10], random_scale)
-            image, labels = _random_crop(image, labels, source_size, uniforms, foreground_bias, foreground)
-            image = tf.image.resize(image, crop_size, method="bilinear", antialias=True)  # float 0..255
-            labels = tf.image.resize(labels[..., None], crop_size, method="nearest")[..., 0]
-        elif crop_size is not None:
-            image, labels = _random_crop(image, labels, crop_size, uniforms, foreground_bias, foreground)
+        if crop_size is not None:
+            zoomed = random_scale > 0
+            window = _zoomed_window(crop_size, tf.shape(labels), uniforms[10], random_scale) if zoomed else crop_size
+            image, labels = _random_crop(image, labels, window, uniforms, foreground_bias, foreground)
+            if zoomed:
+                image = tf.image.resize(image, crop_size, method="bilinear", antialias=True)  # float 0..255
+                labels = tf.image.resize(labels[..., None], crop_size, method="nearest")[..., 0]
         if random_flips:
             image, labels = _random_flips(image, labels, uniforms)
         if random_rotations:
