@@ -25,7 +25,7 @@ INFER_FLAGS ?=
 overwrite_flag = $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite,)
 workers_flag   = $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-real train evaluate summary infer clean
+.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-gpu bench-real train evaluate summary infer clean
 
 help:
 	@echo "make demo      set up, make the synthetic sample, prepare tiles, train demo_cpu, evaluate"
@@ -39,6 +39,7 @@ help:
 	@echo "make bench-prep  prep benchmarks (last line: one JSON object)"
 	@echo "make bench-train input pipeline vs in-memory, images/s, reference step time (last line: JSON)"
 	@echo "make bench-infer stitching vs bare predict, overlap/TTA cost, 8192² peak RSS (last line: JSON)"
+	@echo "make bench-gpu   reference model on a GPU, float32 vs mixed float16/bfloat16 (last line: JSON)"
 	@echo "make bench-real TRAIN_EDF=DIR TEST_EDF=DIR  train ≤15 min on CPU, score unseen images (last line: JSON)"
 	@echo "make lint      ruff"
 
@@ -116,6 +117,11 @@ bench-train: $(STAMP)
 
 bench-infer: $(STAMP)
 	$(BIN)/python bench/bench_infer.py
+
+# GPU work (the reference model at 512²); runs on any Keras backend: KERAS_BACKEND=jax make bench-gpu.
+# TILES=DIR: a folder with images/ and masks/ (default ../shared/data/edf-real/tiles).
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/bench_gpu.py $(if $(TILES),--tiles $(TILES),)
 
 # Real-data quality: TRAIN_EDF and TEST_EDF are ISBI-layout folders with disjoint source images.
 # Leave-sources-out folds from the real tiles: $(BIN)/python bench/make_folds.py --tiles DIR --out DIR
