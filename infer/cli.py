@@ -45,13 +45,16 @@ def _warn(message, category, filename, lineno, file=None, line=None):
 @click.option("--min-area", type=click.IntRange(min=0), default=0, show_default=True,
               help="Remove predicted nuclei smaller than this many pixels.")
 @click.option("--fill-holes", is_flag=True, help="Fill holes inside predicted nuclei.")
+@click.option("--exclude-border", is_flag=True,
+              help="Drop nuclei that touch the image's edge (cut by the field of view: not measurable, and "
+                   "left unannotated by the ISBI 2014 ground truth). For whole fields, not for tiles of one.")
 @click.option("--split-touching", is_flag=True, help="Split touching nuclei (distance-transform watershed).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=True)
 def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path | None, overlap: float, tta: bool,
         tta_mode: str, batch_size: int, save_prob: bool, gt_dir: Path | None, dataset_path: Path | None, split: str,
-        mode: str, threshold: float,
-        min_area: int, fill_holes: bool, split_touching: bool, overwrite: bool, progress: bool) -> None:
+        mode: str, threshold: float, min_area: int, fill_holes: bool, exclude_border: bool, split_touching: bool,
+        overwrite: bool, progress: bool) -> None:
     """Predict full-size nucleus masks: mask PNG (same size, 0/255), overlays/, predictions.csv, nuclei.csv,
     and with --gt scores.csv."""
     warnings.showwarning = _warn
@@ -81,7 +84,8 @@ def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path
         model = load_trained(config)
         options = InferOptions(overlap=overlap, tta=int(tta_mode) if tta else 0, batch_size=batch_size,
                                save_prob=save_prob, mode=mode, threshold=threshold, min_area=min_area,
-                               fill_holes=fill_holes, split_touching=split_touching)
+                               fill_holes=fill_holes, exclude_border=exclude_border,
+                               split_touching=split_touching)
         output = (output_path or config.infer.output_dir).expanduser()
         bar = tqdm(total=len(inputs), unit="image", desc="infer", disable=not progress, file=sys.stderr)
         try:

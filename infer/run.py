@@ -37,6 +37,7 @@ class InferOptions:
     threshold: float = 0.5
     min_area: int = 0
     fill_holes: bool = False
+    exclude_border: bool = False
     split_touching: bool = False
     weighting: str = "gaussian"
 
@@ -154,7 +155,14 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
                    progress: Callable[[Path], None] | None = None) -> InferResult:
     """Predict every input into a temp folder beside ``output``, then rename it into place; ``truth_of``
     gives an input's ground truth to score against (None: not scored)."""
-    from infer.measure import MEASUREMENT_COLUMNS, clean_mask, draw_overlay, label_nuclei, measure_nuclei
+    from infer.measure import (
+        MEASUREMENT_COLUMNS,
+        clean_mask,
+        draw_overlay,
+        drop_border_objects,
+        label_nuclei,
+        measure_nuclei,
+    )
     from infer.stitch import count_tiles
     from train.metrics import pool_scores, score_masks
 
@@ -198,6 +206,8 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
             if probability is not None:
                 probability.close()
             mask = clean_mask(mask, options.min_area, options.fill_holes)
+            if options.exclude_border:
+                mask = drop_border_objects(mask)
             labels = label_nuclei(mask, options.split_touching)
             write_png(temp / f"{path.stem}.png", (mask.astype(np.uint8) * 255))
             truth = None
