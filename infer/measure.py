@@ -69,37 +69,29 @@ def _fill_holes(binary: np.ndarray) -> np.ndarray:
     return binary | is_hole[regions]
 
 
-def clean_mask(mask: np.ndarray, min_area: int = 0, fill_holes: bool = False) -> np.ndarray:
-    """Fill holes inside nuclei (optional), then drop 8-connected components smaller than ``min_area`` px.
+def clean_mask(mask: np.ndarray, min_area: int = 0, fill_holes: bool = False,
+               exclude_border: bool = False) -> np.ndarray:
+    """Fill holes inside nuclei (optional), then drop 8-connected components smaller than ``min_area`` px and,
+    with ``exclude_border``, those that touch the image's edge (nuclei cut by the field of view).
 
-    Holes are filled first, so a nucleus with a hole is kept or dropped by its full size.
+    Holes are filled first, so a nucleus with a hole is kept or dropped by its full size. A cut nucleus cannot be
+    measured (its area and shape are partial), and the ISBI 2014 ground truth leaves the nuclei of cells cut by
+    the field's edge unannotated, so against it they only count as false positives.
     """
     binary = _as_binary(mask).copy()
     if fill_holes:
         binary = _fill_holes(binary)
-    if min_area > 1:
+    if min_area > 1 or exclude_border:
         _, components, stats, _ = cv2.connectedComponentsWithStats(
             binary.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
         )
-        keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+        keep = stats[:, cv2.CC_STAT_AREA] >= min_area  # a lookup per label: one pass over the pixels
         keep[0] = False
+        if exclude_border:
+            for edge in (components[0], components[-1], components[:, 0], components[:, -1]):
+                keep[edge] = False
         binary = keep[components]
     return binary
-
-
-def drop_border_objects(mask: np.ndarray) -> np.ndarray:
-    """Drop the 8-connected components that touch the image's edge (nuclei cut by the field of view).
-
-    A cut nucleus cannot be measured (its area and shape are partial), and the ISBI 2014 ground truth leaves the
-    nuclei of cells cut by the field's edge unannotated, so against it they only count as false positives.
-    """
-    binary = _as_binary(mask)
-    count, components = cv2.connectedComponents(binary.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    keep = np.ones(count, bool)  # a lookup per label: one pass over the pixels, as clean_mask
-    keep[0] = False
-    for edge in (components[0], components[-1], components[:, 0], components[:, -1]):
-        keep[edge] = False
-    return keep[components]
 
 
 def _reconstruct_by_dilation(seed: np.ndarray, limit: np.ndarray) -> np.ndarray:

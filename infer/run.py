@@ -155,14 +155,7 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
                    progress: Callable[[Path], None] | None = None) -> InferResult:
     """Predict every input into a temp folder beside ``output``, then rename it into place; ``truth_of``
     gives an input's ground truth to score against (None: not scored)."""
-    from infer.measure import (
-        MEASUREMENT_COLUMNS,
-        clean_mask,
-        draw_overlay,
-        drop_border_objects,
-        label_nuclei,
-        measure_nuclei,
-    )
+    from infer.measure import MEASUREMENT_COLUMNS, clean_mask, draw_overlay, label_nuclei, measure_nuclei
     from infer.stitch import count_tiles
     from train.metrics import pool_scores, score_masks
 
@@ -205,9 +198,7 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
             mask, probability = predict_probability(image, predict_batch, tile, tile_options, probability)
             if probability is not None:
                 probability.close()
-            mask = clean_mask(mask, options.min_area, options.fill_holes)
-            if options.exclude_border:
-                mask = drop_border_objects(mask)
+            mask = clean_mask(mask, options.min_area, options.fill_holes, options.exclude_border)
             labels = label_nuclei(mask, options.split_touching)
             write_png(temp / f"{path.stem}.png", (mask.astype(np.uint8) * 255))
             truth = None

@@ -12,14 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from infer.measure import (
-    MEASUREMENT_COLUMNS,
-    clean_mask,
-    draw_overlay,
-    drop_border_objects,
-    label_nuclei,
-    measure_nuclei,
-)
+from infer.measure import MEASUREMENT_COLUMNS, clean_mask, draw_overlay, label_nuclei, measure_nuclei
 from tests.conftest import REAL
 
 EDF100 = REAL / "isbi" / "EDF" / "EDF100.png"
@@ -137,7 +130,7 @@ def test_clean_mask_removes_specks_and_fills_holes():
     np.testing.assert_array_equal(clean_mask(mask), mask)
 
 
-def test_drop_border_objects_keeps_only_nuclei_inside_the_field():
+def test_exclude_border_keeps_only_nuclei_inside_the_field():
     inside = disc((60, 80), 30, 40, 10)
     mask = inside.copy()
     mask[0:5, 10:15] = True  # cut by the top edge
@@ -145,26 +138,26 @@ def test_drop_border_objects_keeps_only_nuclei_inside_the_field():
     mask[20:22, 78:80] = True  # two pixels on the right edge
     mask[40:43, 0] = True  # a sliver on the left edge
     mask[1, 1] = True  # a pixel diagonal to nothing: inside, one pixel from the corner
-    kept = drop_border_objects(mask)
+    kept = clean_mask(mask, exclude_border=True)
     expected = inside.copy()
     expected[1, 1] = True
     np.testing.assert_array_equal(kept, expected)
     chain = np.zeros((9, 9), bool)
     chain[0, 0] = chain[1, 1] = chain[2, 2] = True  # 8-connected to the corner: the whole chain goes
     chain[5:7, 5:7] = True
-    np.testing.assert_array_equal(drop_border_objects(chain), chain & (np.arange(9)[:, None] > 3))
+    np.testing.assert_array_equal(clean_mask(chain, exclude_border=True), chain & (np.arange(9)[:, None] > 3))
 
 
 @settings(max_examples=30, deadline=None)
 @given(arrays(np.bool_, st.tuples(st.integers(1, 24), st.integers(1, 24))))
-def test_drop_border_objects_matches_a_per_component_check(mask):
+def test_exclude_border_matches_a_per_component_check(mask):
     labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
     expected = np.zeros_like(mask)
     for index in range(1, count + 1):
         component = labels == index
         if not (component[0].any() or component[-1].any() or component[:, 0].any() or component[:, -1].any()):
             expected |= component
-    np.testing.assert_array_equal(drop_border_objects(mask), expected)
+    np.testing.assert_array_equal(clean_mask(mask, exclude_border=True), expected)
 
 
 @settings(max_examples=30, deadline=None)
