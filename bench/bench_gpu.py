@@ -36,26 +36,30 @@ DEFAULT_TILES = REPO.parent / "shared" / "data" / "edf-real" / "tiles"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-def load_batch(tiles: Path, batch_size: int, size: tuple[int, int], channels: int, color_order: str,
-               rgb_map: dict) -> tuple:
-    """The first ``batch_size`` tiles (repeated when fewer), centre-cropped to ``size``: float images in [0, 1] as
-    the training pipeline makes them, one-hot masks through the config's rgb_map."""
+def load_batch(tiles: Path, batch_size: int, size: tuple[int, int], config) -> tuple:
+    """The first ``batch_size`` tiles (repeated when fewer), centre-cropped to ``size``: float images in [0, 1] with
+    the model's channels and colour order (as `infer` feeds it), one-hot masks through the config's rgb_map."""
     import cv2
     import numpy as np
+
+    from infer.run import model_input
+    from prep.imageio import ImageReadError, read_image
 
     names = sorted(p.name for p in (tiles / "images").glob("*.png"))
     if not names:
         raise SystemExit(f"bench-gpu: no PNG tiles in {tiles / 'images'}")
+    rgb_map = config.mask.rgb_map
     num_classes = max(rgb_map.values()) + 1
     images, masks = [], []
     for i in range(batch_size):
         name = names[i % len(names)]
-        image = cv2.imread(str(tiles / "images" / name), cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE)
         mask = cv2.imread(str(tiles / "masks" / name), cv2.IMREAD_COLOR)
+        try:
+            image = model_input(read_image(tiles / "images" / name), config)
+        except ImageReadError:
+            image = None
         if image is None or mask is None:
             raise SystemExit(f"bench-gpu: cannot read {name} and its mask under {tiles}")
-        if channels == 3 and color_order == "RGB":
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         top, left = (image.shape[0] - size[0]) // 2, (image.shape[1] - size[1]) // 2
         if top < 0 or left < 0:
             raise SystemExit(f"bench-gpu: tile {name} is {image.shape[:2]}, smaller than the model's {size}")
@@ -66,7 +70,7 @@ def load_batch(tiles: Path, batch_size: int, size: tuple[int, int], channels: in
             labels[np.all(mask == np.array(colour), axis=-1)] = cls
         if (labels < 0).any():
             raise SystemExit(f"bench-gpu: mask {name} holds colours outside [mask] rgb_map {rgb_map}")
-        images.append(image.reshape(*size, channels).astype(np.float32) / 255.0)
+        images.append(image.astype(np.float32) / 255.0)
         masks.append(np.eye(num_classes, dtype=np.float32)[labels])
     return np.stack(images), np.stack(masks)
 
@@ -121,9 +125,8 @@ def measure_one(args: argparse.Namespace, precision: str, batch_size: int) -> di
     from train.fit import build_model, compile_model
 
     config = load_config(args.config)
-    m = config.model
     size = (args.size, args.size) if args.size else config.image_size
-    x, y = load_batch(args.tiles, batch_size, size, m.image_channels, config.image.color_order, config.mask.rgb_map)
+    x, y = load_batch(args.tiles, batch_size, size, config)
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(config.train.seed)
     model = build_model(config, size)
@@ -153,6 +156,7 @@ def measure_one(args: argparse.Namespace, precision: str, batch_size: int) -> di
         predict_rounds.append(time.perf_counter() - start)
     predict_step = statistics.median(predict_rounds) / args.steps
     finite = bool(np.all(np.isfinite(losses)))
+    peak = peak_device_bytes()
     return {
         "precision": precision, "batch_size": batch_size, "image_size": list(size),
         "parameters": int(model.count_params()),
@@ -162,7 +166,7 @@ def measure_one(args: argparse.Namespace, precision: str, batch_size: int) -> di
         "first_step_seconds": compile_seconds,
         "loss_first": losses[0], "loss_last": losses[-1],
         "learns": finite and losses[-1] < losses[0],
-        "peak_device_gib": (lambda b: None if b is None else b / 2**30)(peak_device_bytes()),
+        "peak_device_gib": None if peak is None else peak / 2**30,
         "nucleus_dice_last": float(logs.get("nucleus_dice", float("nan"))),
     }
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from train.config import load_config
 
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_gpu import load_batch  # noqa: E402
 
-RGB_MAP = {(0, 0, 0): 0, (255, 255, 255): 1}
+GREY_CONFIG = REPO / "configs" / "demo_cpu.config"  # 1 channel, rgb_map {(0,0,0): 0, (255,255,255): 1}
 
 
 def write_tiles(root, count=2, size=96, bad_colour=None):
@@ -37,7 +38,7 @@ def write_tiles(root, count=2, size=96, bad_colour=None):
 
 def test_batch_is_the_centre_crop_of_the_tiles_with_one_hot_masks(tmp_path):
     tiles = write_tiles(tmp_path / "tiles")
-    x, y = load_batch(tiles, 3, (64, 64), 1, "RGB", RGB_MAP)
+    x, y = load_batch(tiles, 3, (64, 64), load_config(GREY_CONFIG))
     assert x.shape == (3, 64, 64, 1) and y.shape == (3, 64, 64, 2)
     image = cv2.imread(str(tiles / "images" / "t0.png"), cv2.IMREAD_GRAYSCALE)
     np.testing.assert_allclose(x[0, ..., 0], image[16:80, 16:80] / 255.0, rtol=1e-6)
@@ -51,7 +52,7 @@ def test_batch_is_the_centre_crop_of_the_tiles_with_one_hot_masks(tmp_path):
 def test_mask_colour_outside_rgb_map_names_the_file(tmp_path):
     tiles = write_tiles(tmp_path / "tiles", bad_colour=(0, 0, 128))
     with pytest.raises(SystemExit, match="t0.png"):
-        load_batch(tiles, 1, (64, 64), 1, "RGB", RGB_MAP)
+        load_batch(tiles, 1, (64, 64), load_config(GREY_CONFIG))
 
 
 def test_script_runs_end_to_end_and_the_model_learns(tmp_path):
