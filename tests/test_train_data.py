@@ -10,7 +10,17 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import random_pair
-from train.data import DataError, check_masks, check_sizes, dataset_size, list_pairs, make_dataset
+from train.data import (
+    DataError,
+    _mask_to_labels,
+    _orientations,
+    _window,
+    check_masks,
+    check_sizes,
+    dataset_size,
+    list_pairs,
+    make_dataset,
+)
 
 RGB_MAP = {(0, 0, 0): 0, (255, 255, 255): 1}
 SIZE = 64
@@ -120,6 +130,56 @@ def test_quarter_turns_and_flips_give_all_eight_symmetries_with_the_mask_followi
             y_runs_down = ys[0, 0] != ys[-1, 0]
             orientations.add((y_runs_down, int(np.sign(ys[-1, -1] - ys[0, 0])), int(np.sign(xs[-1, -1] - xs[0, 0]))))
     assert len(orientations) == 8
+
+
+@pytest.mark.parametrize("turns", range(4))
+@pytest.mark.parametrize(("flip_v", "flip_h"), [(False, False), (True, False), (False, True), (True, True)])
+def test_a_window_is_flipped_then_turned_like_numpy(flip_v: bool, flip_h: bool, turns: int):
+    # The pipeline folds "flip, then turn by k quarters" into (flip rows?, flip columns?, transpose?) per window.
+    rng = np.random.default_rng(turns)
+    image = rng.integers(0, 256, (20, 20, 2), dtype=np.uint8)
+    labels = rng.integers(0, 3, (20, 20)).astype(np.int32)
+    uniforms = np.full((1, 11), 0.9, np.float32)
+    uniforms[0, 4], uniforms[0, 5], uniforms[0, 6] = 0.25 if flip_v else 0.75, 0.25 if flip_h else 0.75, (turns + 0.5) / 4
+    flip_rows, flip_columns, transpose = _orientations(tf.constant(uniforms), True, True)
+    window_image, window_labels = _window(tf.constant(image), tf.constant(labels), tf.constant([3, 5]),
+                                          tf.constant([8, 8]), None, flip_rows[0], flip_columns[0], transpose[0])
+
+    def expected(array: np.ndarray) -> np.ndarray:
+        window = array[3:11, 5:13]
+        window = window[::-1] if flip_v else window
+        window = window[:, ::-1] if flip_h else window
+        return np.rot90(window, turns)  # what tf.image.rot90 does, counter-clockwise
+
+    np.testing.assert_array_equal(window_image.numpy(), expected(image))
+    np.testing.assert_array_equal(window_labels.numpy(), expected(labels))
+
+
+@pytest.mark.parametrize(("mask", "keys", "classes", "expected"), [
+    (np.array([[0, 255], [255, 0]]), [0, 255], [0, 1], [[0, 1], [1, 0]]),
+    (np.array([[0, 7], [255, 0]]), [0, 255], [0, 1], "grey value 7 is not in"),
+    (np.array([[255, 128], [0, 0]]), [0, 128, 255], [2, 0, 1], [[1, 0], [2, 2]]),
+])
+def test_mask_values_map_to_classes_or_name_the_value(mask, keys, classes, expected):
+    tensor = tf.constant(mask.astype(np.uint8)[:, :, None])
+    run = lambda: _mask_to_labels(tensor, tf.constant("m.png"), keys, classes, "{…}").numpy()  # noqa: E731
+    if isinstance(expected, str):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"mask m.png: {expected}"):
+            run()
+    else:
+        np.testing.assert_array_equal(run(), expected)
+
+
+@pytest.mark.parametrize("unknown", [(0, 0, 0), (1, 0, 0), (255, 255, 255)])  # below, between, above
+def test_rgb_mask_lookup_catches_values_between_below_and_above_the_keys(unknown):
+    colours = [(0, 0, 1), (200, 30, 10), (255, 255, 254)]
+    keys = [r * 65536 + g * 256 + b for r, g, b in colours]
+    mask = np.array([[colours[2], colours[0]], [colours[1], colours[0]]], np.uint8)
+    known = _mask_to_labels(tf.constant(mask), tf.constant("m.png"), keys, [1, 2, 0], "{…}")
+    np.testing.assert_array_equal(known.numpy(), [[0, 1], [2, 1]])
+    mask[1, 1] = unknown
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"value \(%d,%d,%d\) is not in" % unknown):
+        _mask_to_labels(tf.constant(mask), tf.constant("m.png"), keys, [1, 2, 0], "{…}")
 
 
 def test_rotations_need_square_windows(tmp_path: Path):

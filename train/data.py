@@ -176,37 +176,43 @@ def make_dataset(
         mask = decode(mask_path, mask_channels)
         labels = _mask_to_labels(mask, mask_path, mask_keys, class_of_colour, rgb_map_text)
         image, labels = _check_tile_size(image, labels, image_path, mask_path, image_size, crop_size)
-        # Foreground pixels are listed once per tile, not once per window.
-        foreground = tf.where(labels > 0) if crop_size is not None and foreground_bias > 0 else None
-        if crops_per_tile == 1:
-            return sample(image, labels, foreground, draw, 0)
-        windows = [sample(image, labels, foreground, draw, k) for k in range(crops_per_tile)]
-        return tf.stack([w[0] for w in windows]), tf.stack([w[1] for w in windows])
+        images, masks = windows_of_tile(image, labels, draw)
+        return (images[0], masks[0]) if crops_per_tile == 1 else (images, masks)
 
-    def sample(image: tf.Tensor, labels: tf.Tensor, foreground, draw: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
-        # One stateless draw per window: (foreground?, which pixel, window y, window x, flip v, flip h, quarter
+    def windows_of_tile(image: tf.Tensor, labels: tf.Tensor, draw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # One stateless draw per window k: (foreground?, which pixel, window y, window x, flip v, flip h, quarter
         # turns, gamma, contrast, brightness, zoom).
-        uniforms = tf.random.stateless_uniform([11], seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
-        if crop_size is not None:
-            zoomed = random_scale > 0
-            window = _zoomed_window(crop_size, tf.shape(labels), uniforms[10], random_scale) if zoomed else crop_size
-            image, labels = _random_crop(image, labels, window, uniforms, foreground_bias, foreground)
-            if zoomed:
-                image = tf.image.resize(image, crop_size, method="bilinear", antialias=True)  # float 0..255
-                labels = tf.image.resize(labels[..., None], crop_size, method="nearest")[..., 0]
-        if random_flips:
-            image, labels = _random_flips(image, labels, uniforms)
-        if random_rotations:
-            image, labels = _random_quarter_turns(image, labels, uniforms[6])
+        uniforms = tf.stack([
+            tf.random.stateless_uniform([11], seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
+            for k in range(crops_per_tile)
+        ])
+        zoomed = random_scale > 0
+        if crop_size is None:
+            sizes = tf.tile(tf.constant([image_size], tf.int32), [crops_per_tile, 1])
+            corners = tf.zeros_like(sizes)
+        else:
+            sizes = (_zoomed_windows(crop_size, tf.shape(labels), uniforms[:, 10], random_scale) if zoomed
+                     else tf.tile(tf.constant([crop_size], tf.int32), [crops_per_tile, 1]))
+            # Foreground pixels are listed once per tile, not once per window.
+            foreground = tf.where(labels > 0) if foreground_bias > 0 else None
+            corners = _window_corners(tf.shape(labels), sizes, uniforms, foreground_bias, foreground)
+        flip_rows, flip_columns, transpose = _orientations(uniforms, random_flips, random_rotations)
+        windows = [
+            _window(image, labels, corners[k], sizes[k], crop_size if zoomed else None, flip_rows[k],
+                    flip_columns[k], transpose[k] if random_rotations else None)
+            for k in range(crops_per_tile)
+        ]
+        images, labels = tf.stack([w[0] for w in windows]), tf.stack([w[1] for w in windows])
+        # Per-pixel work runs once on the tile's (K, h, w, ·) stack of windows.
         if color_order == "BGR" and image_channels == 3:
-            image = tf.reverse(image, axis=[-1])
+            images = tf.reverse(images, axis=[-1])
         height, width = crop_size or image_size
-        image = tf.cast(image, tf.float32) / 255.0
+        images = tf.cast(images, tf.float32) / 255.0
         if intensity_jitter > 0:
-            image = _jitter_intensity(image, uniforms[7:10], intensity_jitter)
-        image = tf.ensure_shape(image, (height, width, image_channels))
-        mask = tf.ensure_shape(tf.one_hot(labels, num_classes, dtype=tf.float32), (height, width, num_classes))
-        return image, mask
+            images = _jitter_intensity(images, uniforms[:, 7:10], intensity_jitter)
+        images = tf.ensure_shape(images, (crops_per_tile, height, width, image_channels))
+        masks = tf.one_hot(labels, num_classes, dtype=tf.float32)
+        return images, tf.ensure_shape(masks, (crops_per_tile, height, width, num_classes))
 
     files = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
     if shuffle:
@@ -258,24 +264,38 @@ def _mask_to_labels(
 ) -> tf.Tensor:
     """Class index (H,W) int32 of each mask pixel; a value outside rgb_map fails with the file and the value.
 
-    ``mask`` is (H,W,3) RGB with ``colour_keys`` from _rgb_key, or (H,W,1) grey with the map's grey levels."""
+    ``mask`` is (H,W,3) RGB with ``colour_keys`` from _rgb_key, or (H,W,1) grey with the map's grey levels. One
+    lookup per pixel (a 256-entry table for grey, a search in the sorted keys for RGB) instead of comparing every
+    pixel with every colour; the error message is only built for a mask that fails."""
     channels = mask.shape[-1]
-    mask = tf.cast(mask, tf.int32)
-    keys = mask[..., 0] if channels == 1 else mask[..., 0] * 65536 + mask[..., 1] * 256 + mask[..., 2]
-    matches = tf.equal(keys[..., None], tf.constant(colour_keys, tf.int32))
-    known = tf.reduce_any(matches, axis=-1)
-    first_unknown = tf.argmin(tf.cast(tf.reshape(known, [-1]), tf.int32))
-    value = tf.strings.reduce_join(tf.strings.as_string(tf.reshape(mask, [-1, channels])[first_unknown]),
-                                   separator=",")
     if channels == 1:
-        parts = [": grey value ", value, " is not in [mask] rgb_map ", rgb_map_text,
-                 " (with a map of greys, masks are read as grey: a colour shows as its luminance)"]
+        table = np.full(256, -1, np.int32)
+        table[colour_keys] = classes
+        labels = tf.gather(tf.constant(table), tf.cast(mask[..., 0], tf.int32))
     else:
-        parts = [": value (", value, ") is not in [mask] rgb_map ", rgb_map_text]
-    message = tf.strings.join(["mask ", path, *parts])
-    assertion = tf.debugging.Assert(tf.reduce_all(known), [message])
-    with tf.control_dependencies([assertion]):
-        return tf.gather(tf.constant(classes, tf.int32), tf.argmax(matches, axis=-1, output_type=tf.int32))
+        order = np.argsort(colour_keys)
+        sorted_keys = tf.constant(np.asarray(colour_keys, np.int32)[order])
+        mask32 = tf.cast(mask, tf.int32)
+        keys = mask32[..., 0] * 65536 + mask32[..., 1] * 256 + mask32[..., 2]
+        slot = tf.minimum(tf.searchsorted(sorted_keys, tf.reshape(keys, [-1])), len(colour_keys) - 1)
+        slot = tf.reshape(slot, tf.shape(keys))
+        found = tf.equal(tf.gather(sorted_keys, slot), keys)
+        labels = tf.where(found, tf.gather(tf.constant(np.asarray(classes, np.int32)[order]), slot), -1)
+
+    def fail() -> tf.Tensor:
+        first_unknown = tf.argmin(tf.reshape(labels, [-1]))  # classes are ≥ 0, unknown pixels -1
+        pixel = tf.reshape(mask, [-1, channels])[first_unknown]
+        value = tf.strings.reduce_join(tf.strings.as_string(pixel), separator=",")
+        if channels == 1:
+            parts = [": grey value ", value, " is not in [mask] rgb_map ", rgb_map_text,
+                     " (with a map of greys, masks are read as grey: a colour shows as its luminance)"]
+        else:
+            parts = [": value (", value, ") is not in [mask] rgb_map ", rgb_map_text]
+        assertion = tf.debugging.Assert(False, [tf.strings.join(["mask ", path, *parts])])
+        with tf.control_dependencies([assertion]):
+            return tf.identity(labels)
+
+    return tf.cond(tf.reduce_min(labels) >= 0, lambda: labels, fail)
 
 
 def _check_tile_size(
@@ -304,68 +324,82 @@ def _check_tile_size(
         return tf.identity(image), tf.identity(labels)
 
 
-def _zoomed_window(crop_size: tuple[int, int], tile_shape: tf.Tensor, uniform: tf.Tensor, scale: float) -> tf.Tensor:
-    """(height, width) of the tile window that a zoom factor in [1/(1+scale), 1+scale] (log-uniform) turns into
-    ``crop_size``; never larger than the tile."""
+def _zoomed_windows(
+    crop_size: tuple[int, int], tile_shape: tf.Tensor, uniforms: tf.Tensor, scale: float
+) -> tf.Tensor:
+    """(K, 2) heights and widths of the tile windows that zoom factors in [1/(1+scale), 1+scale] (log-uniform, one
+    per draw in ``uniforms``) turn into ``crop_size``; never larger than the tile."""
     log_range = tf.math.log(1.0 + scale)
-    factor = tf.exp((2.0 * uniform - 1.0) * log_range)
-    window = tf.cast(tf.round(tf.constant(crop_size, tf.float32) / factor), tf.int32)
-    return tf.minimum(tf.maximum(window, 1), tile_shape[:2])
+    factors = tf.exp((2.0 * uniforms - 1.0) * log_range)
+    windows = tf.cast(tf.round(tf.constant(crop_size, tf.float32)[None] / factors[:, None]), tf.int32)
+    return tf.minimum(tf.maximum(windows, 1), tile_shape[None, :2])
 
 
-def _random_crop(
-    image: tf.Tensor, labels: tf.Tensor, crop_size, uniforms: tf.Tensor, foreground_bias: float,
-    foreground: tf.Tensor | None = None,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """One window for image and mask; with probability ``foreground_bias`` it holds a random foreground pixel
-    (``foreground``: the tile's tf.where(labels > 0), when already computed). ``crop_size`` may be a tensor."""
-    crop_height, crop_width = crop_size[0], crop_size[1]
-    shape = tf.shape(labels)
-    last_y, last_x = shape[0] - crop_height, shape[1] - crop_width
-
-    def uniform_window() -> tuple[tf.Tensor, tf.Tensor]:
-        return _pick(uniforms[2], 0, last_y), _pick(uniforms[3], 0, last_x)
-
+def _window_corners(
+    tile_shape: tf.Tensor, sizes: tf.Tensor, uniforms: tf.Tensor, foreground_bias: float,
+    foreground: tf.Tensor | None,
+) -> tf.Tensor:
+    """(K, 2) top-left corners of K windows of ``sizes`` inside the tile. With probability ``foreground_bias`` a
+    window holds a random pixel of ``foreground`` (the tile's tf.where(labels > 0)); a tile without foreground
+    gets uniform windows."""
+    heights, widths = sizes[:, 0], sizes[:, 1]
+    last_y, last_x = tile_shape[0] - heights, tile_shape[1] - widths
+    y, x = _pick(uniforms[:, 2], 0, last_y), _pick(uniforms[:, 3], 0, last_x)
     if foreground_bias > 0:
-        if foreground is None:
-            foreground = tf.where(labels > 0)
         count = tf.shape(foreground)[0]
+        # A dummy row keeps the gather valid on a tile without foreground; those windows stay uniform.
+        candidates = tf.concat([tf.cast(foreground, tf.int32), tf.zeros([1, 2], tf.int32)], axis=0)
+        pixels = tf.gather(candidates, _pick(uniforms[:, 1], 0, tf.maximum(count - 1, 0)))
+        # Top-left corners whose window covers the pixel and stays inside the tile.
+        around_y = _pick(uniforms[:, 2], tf.maximum(0, pixels[:, 0] - heights + 1), tf.minimum(pixels[:, 0], last_y))
+        around_x = _pick(uniforms[:, 3], tf.maximum(0, pixels[:, 1] - widths + 1), tf.minimum(pixels[:, 1], last_x))
+        around = (uniforms[:, 0] < foreground_bias) & (count > 0)
+        y, x = tf.where(around, around_y, y), tf.where(around, around_x, x)
+    return tf.stack([y, x], axis=1)
 
-        def window_around_foreground() -> tuple[tf.Tensor, tf.Tensor]:
-            pixel = tf.cast(foreground[_pick(uniforms[1], 0, count - 1)], tf.int32)
-            # Top-left corners whose window covers the pixel and stays inside the tile.
-            y = _pick(uniforms[2], tf.maximum(0, pixel[0] - crop_height + 1), tf.minimum(pixel[0], last_y))
-            x = _pick(uniforms[3], tf.maximum(0, pixel[1] - crop_width + 1), tf.minimum(pixel[1], last_x))
-            return y, x
 
-        y, x = tf.cond((uniforms[0] < foreground_bias) & (count > 0), window_around_foreground, uniform_window)
-    else:
-        y, x = uniform_window()
-    image = tf.slice(image, [y, x, 0], [crop_height, crop_width, -1])
-    labels = tf.slice(labels, [y, x], [crop_height, crop_width])
+def _orientations(uniforms: tf.Tensor, flips: bool, quarter_turns: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per window: flip vertically and horizontally (draws 4, 5), then turn by a random multiple of 90° (draw 6),
+    written as (flip the window's rows?, flip its columns?, then transpose?): flips cost nothing folded into the
+    indices a window is read with, and a quarter turn is a flip and a transpose (tf.image.rot90: k = 1 flips the
+    columns, k = 3 the rows, before transposing; k = 2 flips both)."""
+    count = tf.shape(uniforms)[0]
+    no = tf.zeros([count], tf.bool)
+    flip_v, flip_h = (uniforms[:, 4] < 0.5, uniforms[:, 5] < 0.5) if flips else (no, no)
+    if not quarter_turns:
+        return flip_v, flip_h, no
+    turns = tf.minimum(tf.cast(uniforms[:, 6] * 4, tf.int32), 3)
+    return flip_v != (turns >= 2), flip_h != ((turns == 1) | (turns == 2)), turns % 2 == 1
+
+
+def _window(
+    image: tf.Tensor, labels: tf.Tensor, corner: tf.Tensor, size: tf.Tensor, resize_to: tuple[int, int] | None,
+    flip_rows: tf.Tensor, flip_columns: tf.Tensor, transpose: tf.Tensor | None,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One window of image and labels: cut at ``corner``, resized to ``resize_to`` if given (bilinear image, as
+    float 0..255; nearest labels), then flipped and transposed as drawn. Each step is one op whose arguments are
+    tensors, so a flip that was not drawn costs nothing."""
+    image = tf.slice(image, tf.concat([corner, [0]], 0), tf.concat([size, [-1]], 0))
+    labels = tf.slice(labels, corner, size)
+    if resize_to is not None:
+        image = tf.image.resize(image, resize_to, method="bilinear", antialias=True)
+        labels = tf.image.resize(labels[..., None], resize_to, method="nearest")[..., 0]
+    axes = tf.boolean_mask(tf.constant([0, 1]), tf.stack([flip_rows, flip_columns]))
+    image, labels = tf.reverse(image, axes), tf.reverse(labels, axes)
+    if transpose is not None:
+        order = tf.where(transpose, tf.constant([1, 0]), tf.constant([0, 1]))
+        image, labels = tf.transpose(image, tf.concat([order, [2]], 0)), tf.transpose(labels, order)
     return image, labels
 
 
-def _random_flips(image: tf.Tensor, labels: tf.Tensor, uniforms: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    for axis, draw in ((0, uniforms[4]), (1, uniforms[5])):
-        flip = draw < 0.5  # a scalar condition: tf.where picks the whole tensor
-        image = tf.where(flip, tf.reverse(image, [axis]), image)
-        labels = tf.where(flip, tf.reverse(labels, [axis]), labels)
-    return image, labels
-
-
-def _random_quarter_turns(image: tf.Tensor, labels: tf.Tensor, uniform: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    turns = tf.minimum(tf.cast(uniform * 4, tf.int32), 3)
-    return tf.image.rot90(image, turns), tf.image.rot90(labels[..., None], turns)[..., 0]
-
-
-def _jitter_intensity(image: tf.Tensor, uniforms: tf.Tensor, jitter: float) -> tf.Tensor:
-    """Gamma, then contrast about the window's mean, then brightness, on an image in 0..1; clipped to 0..1."""
-    signed = 2.0 * uniforms - 1.0  # three draws in [-1, 1)
-    image = tf.pow(tf.maximum(image, 1e-6), tf.exp(jitter * signed[0]))
-    mean = tf.reduce_mean(image)
-    image = (image - mean) * (1.0 + jitter * signed[1]) + mean + 0.25 * jitter * signed[2]
-    return tf.clip_by_value(image, 0.0, 1.0)
+def _jitter_intensity(images: tf.Tensor, uniforms: tf.Tensor, jitter: float) -> tf.Tensor:
+    """Per window of (K, h, w, C) images in 0..1: gamma, then contrast about the window's mean, then brightness
+    (three draws per window in ``uniforms``, (K, 3)); clipped to 0..1."""
+    signed = tf.reshape(2.0 * uniforms - 1.0, [-1, 1, 1, 1, 3])  # draws in [-1, 1)
+    images = tf.pow(tf.maximum(images, 1e-6), tf.exp(jitter * signed[..., 0]))
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = (images - mean) * (1.0 + jitter * signed[..., 1]) + mean + 0.25 * jitter * signed[..., 2]
+    return tf.clip_by_value(images, 0.0, 1.0)
 
 
 def _pick(uniform: tf.Tensor, low: tf.Tensor | int, high: tf.Tensor | int) -> tf.Tensor:
