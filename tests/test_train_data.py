@@ -284,6 +284,24 @@ def test_same_seed_same_batches_other_seed_differs(tmp_path: Path):
     assert not np.array_equal(first[0], again[0])  # each pass (epoch) reshuffles and redraws crops
 
 
+def test_autotune_follows_the_host_and_never_changes_the_batches(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path, count=6))
+
+    def build(autotune: bool | None) -> tf.data.Dataset:
+        return make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=4, shuffle=True, seed=7,
+                            crop_size=(16, 16), crops_per_tile=3, random_flips=True, repeat=True,
+                            autotune=autotune)
+
+    tuned, fixed = build(True), build(False)
+    assert tuned.options().autotune.enabled is True and fixed.options().autotune.enabled is False
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert build(None).options().autotune.enabled is has_gpu  # CPU-only hosts share their cores with the model
+    for (tuned_image, tuned_mask), (fixed_image, fixed_mask) in zip(
+            tuned.take(5).as_numpy_iterator(), fixed.take(5).as_numpy_iterator()):
+        np.testing.assert_array_equal(tuned_image, fixed_image)
+        np.testing.assert_array_equal(tuned_mask, fixed_mask)
+
+
 def test_unknown_mask_colour_names_file_and_value(tmp_path: Path):
     images, masks = pairs(write_tiles(tmp_path, count=3))
     grey = cv2.imread(masks[1])

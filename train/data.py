@@ -123,6 +123,7 @@ def make_dataset(
     random_rotations: bool = False,
     intensity_jitter: float = 0.0,
     random_scale: float = 0.0,
+    autotune: bool | None = None,
 ) -> tf.data.Dataset:
     """Batches of (image float32 (B,H,W,C) in 0..1, one-hot mask float32 (B,H,W,num_classes)).
 
@@ -139,7 +140,8 @@ def make_dataset(
     crop/factor pixels, resized to the crop: bilinear for the image, nearest for the mask): nucleus size differs
     between sources and slide preparations, and a model trained on a few sources must not learn one size.
     ``seed=None`` gives unseeded randomness and lets parallel
-    decoding return elements out of order.
+    decoding return elements out of order. ``autotune`` (default: only where a GPU is visible) lets tf.data tune
+    its parallelism and buffers while it runs; it never changes the batches.
     """
     if crops_per_tile < 1 or (crops_per_tile > 1 and crop_size is None):
         raise DataError(f"[train] crops_per_tile = {crops_per_tile}: expected 1, or more with a crop_size")
@@ -232,6 +234,12 @@ def make_dataset(
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = seed is not None
+    if autotune is None:
+        autotune = bool(tf.config.list_physical_devices("GPU"))
+    # On a CPU-only host the model already keeps every core busy: the tuner's periodic re-optimisation and the
+    # parallelism it probes land on the training step (measured: `make bench-train`). Without it, AUTOTUNE
+    # stages keep a fixed parallelism of min(16, cores), ample for crops of decoded PNG tiles.
+    options.autotune.enabled = autotune
     # The source is a list of names, not files tf.data can shard by: shard by element, without the AUTO fallback.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
