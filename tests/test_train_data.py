@@ -140,7 +140,8 @@ def test_a_window_is_flipped_then_turned_like_numpy(flip_v: bool, flip_h: bool, 
     image = rng.integers(0, 256, (20, 20, 2), dtype=np.uint8)
     labels = rng.integers(0, 3, (20, 20)).astype(np.int32)
     uniforms = np.full((1, 11), 0.9, np.float32)
-    uniforms[0, 4], uniforms[0, 5], uniforms[0, 6] = 0.25 if flip_v else 0.75, 0.25 if flip_h else 0.75, (turns + 0.5) / 4
+    uniforms[0, 4], uniforms[0, 5] = (0.25 if flip_v else 0.75), (0.25 if flip_h else 0.75)  # < 0.5 flips
+    uniforms[0, 6] = (turns + 0.5) / 4
     flip_rows, flip_columns, transpose = _orientations(tf.constant(uniforms), True, True)
     window_image, window_labels = _window(tf.constant(image), tf.constant(labels), tf.constant([3, 5]),
                                           tf.constant([8, 8]), None, flip_rows[0], flip_columns[0], transpose[0])
@@ -178,7 +179,7 @@ def test_rgb_mask_lookup_catches_values_between_below_and_above_the_keys(unknown
     known = _mask_to_labels(tf.constant(mask), tf.constant("m.png"), keys, [1, 2, 0], "{…}")
     np.testing.assert_array_equal(known.numpy(), [[0, 1], [2, 1]])
     mask[1, 1] = unknown
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"value \(%d,%d,%d\) is not in" % unknown):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"value \({},{},{}\) is not in".format(*unknown)):
         _mask_to_labels(tf.constant(mask), tf.constant("m.png"), keys, [1, 2, 0], "{…}")
 
 
@@ -297,7 +298,7 @@ def test_autotune_follows_the_host_and_never_changes_the_batches(tmp_path: Path)
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     assert build(None).options().autotune.enabled is has_gpu  # CPU-only hosts share their cores with the model
     for (tuned_image, tuned_mask), (fixed_image, fixed_mask) in zip(
-            tuned.take(5).as_numpy_iterator(), fixed.take(5).as_numpy_iterator()):
+            tuned.take(5).as_numpy_iterator(), fixed.take(5).as_numpy_iterator(), strict=True):
         np.testing.assert_array_equal(tuned_image, fixed_image)
         np.testing.assert_array_equal(tuned_mask, fixed_mask)
 
