@@ -368,9 +368,9 @@ def _window_corners(
 
 def _orientations(uniforms: tf.Tensor, flips: bool, quarter_turns: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Per window: flip vertically and horizontally (draws 4, 5), then turn by a random multiple of 90° (draw 6),
-    written as (flip the window's rows?, flip its columns?, then transpose?): flips cost nothing folded into the
-    indices a window is read with, and a quarter turn is a flip and a transpose (tf.image.rot90: k = 1 flips the
-    columns, k = 3 the rows, before transposing; k = 2 flips both)."""
+    written as (flip the window's rows?, flip its columns?, then transpose?) so that one reverse along the drawn
+    axes and one transpose apply any of the eight: a quarter turn is a flip and a transpose (tf.image.rot90: k = 1
+    flips the columns, k = 3 the rows, before transposing; k = 2 flips both)."""
     count = tf.shape(uniforms)[0]
     no = tf.zeros([count], tf.bool)
     flip_v, flip_h = (uniforms[:, 4] < 0.5, uniforms[:, 5] < 0.5) if flips else (no, no)
@@ -385,8 +385,8 @@ def _window(
     flip_rows: tf.Tensor, flip_columns: tf.Tensor, transpose: tf.Tensor | None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """One window of image and labels: cut at ``corner``, resized to ``resize_to`` if given (bilinear image, as
-    float 0..255; nearest labels), then flipped and transposed as drawn. Each step is one op whose arguments are
-    tensors, so a flip that was not drawn costs nothing."""
+    float 0..255; nearest labels), then flipped and transposed as drawn: one reverse (along the drawn axes, maybe
+    none) and one transpose (by a drawn permutation), instead of computing both outcomes and picking one."""
     image = tf.slice(image, tf.concat([corner, [0]], 0), tf.concat([size, [-1]], 0))
     labels = tf.slice(labels, corner, size)
     if resize_to is not None:
