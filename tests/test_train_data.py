@@ -150,7 +150,8 @@ def test_a_window_is_flipped_then_turned_like_numpy(flip_v: bool, flip_h: bool, 
         window = array[3:11, 5:13]
         window = window[::-1] if flip_v else window
         window = window[:, ::-1] if flip_h else window
-        return np.rot90(window, turns)  # what tf.image.rot90 does, counter-clockwise
+        turned = tf.image.rot90(window if window.ndim == 3 else window[:, :, None], turns).numpy()
+        return turned if window.ndim == 3 else turned[:, :, 0]
 
     np.testing.assert_array_equal(window_image.numpy(), expected(image))
     np.testing.assert_array_equal(window_labels.numpy(), expected(labels))
