@@ -41,19 +41,27 @@ def tile_dataset(root: Path) -> Path:
     return root / "tiles"
 
 
+def timed(work) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads) of calling ``work()``."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
 def timed_steps(model, batches, steps: int) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process, all threads) of ``steps`` training steps on a live iterator.
+    """timed() of ``steps`` training steps on a live iterator.
 
     Keras' own train function on one iterator per input path, kept across rounds, as `fit` keeps one across
     epochs with steps_per_epoch: a `fit` call per round would restart the pipeline (refill its shuffle buffer,
     restart its threads) every round, a cost training pays once.
     """
-    start, start_cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        outputs = model.train_function(batches)
-    logs = outputs if isinstance(outputs, dict) else outputs.get_value()
-    float(logs["loss"])  # waits for the last step
-    return time.perf_counter() - start, time.process_time() - start_cpu
+    def run() -> None:
+        for _ in range(steps):
+            outputs = model.train_function(batches)
+        logs = outputs if isinstance(outputs, dict) else outputs.get_value()
+        float(logs["loss"])  # waits for the last step
+
+    return timed(run)
 
 
 def pipeline_vs_memory(tiles: Path) -> dict:
@@ -79,13 +87,11 @@ def pipeline_vs_memory(tiles: Path) -> dict:
             seconds.append(wall)
             cpu.append(used)
     # The pipeline alone, no model: how fast it makes batches, and what it costs in CPU per batch.
-    alone_s, alone_cpu = [], []
-    for _ in range(ROUNDS):
-        start, start_cpu = time.perf_counter(), time.process_time()
+    def next_batches() -> None:
         for _ in range(STEPS):
             next(streamed_batches)
-        alone_s.append(time.perf_counter() - start)
-        alone_cpu.append(time.process_time() - start_cpu)
+
+    alone_s, alone_cpu = zip(*(timed(next_batches) for _ in range(ROUNDS)), strict=True)
     # The least-disturbed round of each: on a shared machine a round is sometimes twice as slow for reasons
     # outside the process, which a median over few rounds does not remove (medians are reported too).
     streamed_step = min(streamed_s) / STEPS
@@ -125,11 +131,7 @@ def reference_step() -> dict:
     images = rng.uniform(0, 1, (batch, 512, 512, 3)).astype(np.float32)
     labels = keras.utils.to_categorical(rng.uniform(0, 1, (batch, 512, 512)) > 0.98, 2).astype(np.float32)
     model.train_on_batch(images, labels)  # trace
-    times = []
-    for _ in range(2):
-        start = time.perf_counter()
-        model.train_on_batch(images, labels)
-        times.append(time.perf_counter() - start)
+    times = [timed(lambda: model.train_on_batch(images, labels))[0] for _ in range(2)]
     return {"reference_params": model.count_params(), "reference_batch": batch,
             "reference_cpu_s_per_image": statistics.median(times) / batch}
 
