@@ -321,6 +321,36 @@ def test_empty_truth_and_prediction_conventions():
     assert_no_nan(pooled)
 
 
+def test_error_breakdown_by_hand():
+    # Truth: nucleus A (10×10, found 1 px shifted: 10 fp + 10 fn on its outline) and nucleus B (4×4, missed).
+    # Prediction: A shifted, and an extra 3×3 object touching no nucleus.
+    # tp 90, fp 10 + 9, fn 10 + 16 -> Dice 180/225 = 0.8. Extra: 1 object, 9 px; missed: 1 nucleus, 16 px.
+    # Outlines alone: tp 90 + 16, fp 10, fn 10 -> 212/232.
+    shape = (30, 30)
+    truth = square(shape, (2, 12), (2, 12)) | square(shape, (20, 24), (20, 24))
+    pred = square(shape, (2, 12), (3, 13)) | square(shape, (20, 23), (2, 5))
+    scores = score_masks(truth, pred)
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (90, 19, 26)
+    assert scores["nucleus_dice"] == pytest.approx(180 / 225)
+    assert (scores["n_extra"], scores["fp_extra"], scores["n_missed"], scores["fn_missed"]) == (1, 9, 1, 16)
+    assert scores["outline_dice"] == pytest.approx(212 / 232)
+    pooled = pool_scores([scores, score_masks(truth, truth)])
+    assert (pooled["n_extra"], pooled["n_missed"], pooled["fp_extra"], pooled["fn_missed"]) == (1, 1, 9, 16)
+    assert pooled["outline_dice"] == pytest.approx(2 * (90 + 16 + 116) / (2 * (90 + 16 + 116) + 10 + 10))
+    assert pooled["mean_outline_dice"] == pytest.approx((212 / 232 + 1) / 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(bool, (12, 12)), arrays(bool, (12, 12)))
+def test_error_breakdown_is_part_of_the_pixel_errors(truth, pred):
+    scores = score_masks(truth, pred)
+    assert 0 <= scores["fp_extra"] <= scores["fp"] and 0 <= scores["fn_missed"] <= scores["fn"]
+    assert scores["n_extra"] <= scores["n_pred"] and scores["n_missed"] <= scores["n_truth"]
+    assert scores["outline_dice"] >= scores["nucleus_dice"] - 1e-12  # dropping detection errors never hurts
+    if scores["n_extra"] == scores["n_missed"] == 0:
+        assert scores["outline_dice"] == scores["nucleus_dice"]
+
+
 # ----------------------------------------------------------------------------------------------------------- pooling
 
 

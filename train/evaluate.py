@@ -12,7 +12,8 @@ from train.config import Config
 from train.fit import TrainError, _pairs, build_model, compile_model, run_paths, tile_dataset_options
 
 SCORE_COLUMNS = ("nucleus_dice", "nucleus_iou", "object_precision", "object_recall", "object_f1", "object_dice",
-                 "good_dice", "fnro", "tpp", "fpp", "n_truth", "n_pred", "n_correct", "tp", "fp", "fn")
+                 "good_dice", "fnro", "tpp", "fpp", "outline_dice", "n_truth", "n_pred", "n_correct", "n_extra",
+                 "n_missed", "tp", "fp", "fn", "fp_extra", "fn_missed")
 
 
 def load_trained(config: Config, image_size: tuple[int | None, int | None] | None = None):
@@ -77,8 +78,8 @@ def evaluate(config: Config, overwrite: bool = False, verbose: int | str = "auto
     rows = [(loss_name, keras_scores["loss"]),
             ("dice_coef_multiclass", keras_scores.get("dice_coef_multiclass", float("nan")))]
     rows += [(name, pooled[name]) for name in SCORE_COLUMNS if name in pooled]
-    rows += [(f"mean_per_image_{name}", pooled[f"mean_{name}"]) for name in ("nucleus_dice", "nucleus_iou")
-             if f"mean_{name}" in pooled]
+    per_image_means = ("nucleus_dice", "nucleus_iou", "outline_dice")
+    rows += [(f"mean_per_image_{name}", pooled[f"mean_{name}"]) for name in per_image_means if f"mean_{name}" in pooled]
     temporary = target.with_suffix(".csv.tmp")
     with temporary.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
