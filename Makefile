@@ -25,7 +25,7 @@ INFER_FLAGS ?=
 overwrite_flag = $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite,)
 workers_flag   = $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-gpu bench-real train evaluate summary infer clean
+.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-gpu bench-real bench-folds train evaluate summary infer clean
 
 help:
 	@echo "make demo      set up, make the synthetic sample, prepare tiles, train demo_cpu, evaluate"
@@ -41,6 +41,7 @@ help:
 	@echo "make bench-infer stitching vs bare predict, overlap/TTA cost, 8192² peak RSS (last line: JSON)"
 	@echo "make bench-gpu   reference model on a GPU, float32 vs mixed float16/bfloat16 (last line: JSON)"
 	@echo "make bench-real TRAIN_EDF=DIR TEST_EDF=DIR  train ≤15 min on CPU, score unseen images (last line: JSON)"
+	@echo "make bench-folds [TILES=DIR] [FOLDS=6]  bench-real on every leave-sources-out fold, per fold + mean (JSON)"
 	@echo "make lint      ruff"
 
 setup: $(STAMP)
@@ -129,6 +130,12 @@ bench-real: $(STAMP)
 	@test -n "$(TRAIN_EDF)" -a -n "$(TEST_EDF)" || { echo "usage: make bench-real TRAIN_EDF=DIR TEST_EDF=DIR [OUT=DIR] [SYNTH=N]" >&2; exit 2; }
 	$(BIN)/python bench/bench_real.py --train-edf $(TRAIN_EDF) --test-edf $(TEST_EDF) $(if $(OUT),--out $(OUT),) \
 		$(if $(SYNTH),--synth $(SYNTH),)
+
+# bench-real on every fold of TILES (default the real tiles in ../shared; FOLDS=6 there is leave-one-source-out,
+# about 1.5 hours on 2 cores); one line per fold, then one JSON object with the means.
+bench-folds: $(STAMP)
+	$(BIN)/python bench/bench_folds.py --tiles $(or $(TILES),../shared/data/edf-real/tiles) \
+		$(if $(FOLDS),--folds $(FOLDS),) $(if $(OUT),--out $(OUT),) $(if $(SYNTH),--synth $(SYNTH),)
 
 # Default: the full-size source images of DATASET's test split, scored against their GT; or INPUT=file|dir [GT=dir].
 infer: $(STAMP)

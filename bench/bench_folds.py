@@ -1,0 +1,96 @@
+"""bench-real over every leave-sources-out fold of a tile folder, reported per fold and as one mean.
+
+    python bench/bench_folds.py --tiles ../shared/data/edf-real/tiles [--folds 6] [--out DIR] [--set k=v ...]
+
+Makes the folds (`make_folds.py`: tiles grouped by the source id in their name, each fold holds a disjoint
+group of sources out), runs `bench_real` on each in turn (its ≤ 15-minute CPU training included, so 6 folds
+take about 1.5 hours), prints one line per fold as it finishes, and as its last line one JSON object:
+`nucleus_dice` etc. are means over the folds (each fold weighs the same, however many tiles its sources
+have), `nucleus_dice_images` the mean over every held-out image, and `folds` holds each fold's summary.
+The default --folds 6 on the reference's 6 sources is leave-one-source-out: every model trains on all
+sources but the one it is scored on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from statistics import fmean
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import click  # noqa: E402
+from bench_real import bench_real  # noqa: E402
+from make_folds import make_folds  # noqa: E402
+
+FOLD_MEANS = ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1", "outline_dice")
+
+
+def combine(folds: list[dict]) -> dict:
+    """Means over folds of each fold's summary, the mean over all held-out images, and the folds themselves."""
+    if not folds:
+        raise ValueError("no folds to combine")
+    per_image = [dice for fold in folds for dice in fold["per_image_dice"].values()]
+    combined = {key: round(fmean(fold[key] for fold in folds), 4) for key in FOLD_MEANS}
+    combined.update({
+        "nucleus_dice_min": min(fold["nucleus_dice"] for fold in folds),
+        "nucleus_dice_images": round(fmean(per_image), 4),
+        "test_images": len(per_image),
+        "n_extra": sum(fold["n_extra"] for fold in folds),
+        "n_missed": sum(fold["n_missed"] for fold in folds),
+        "train_seconds": round(sum(fold["train_seconds"] for fold in folds), 1),
+        "folds": folds,
+    })
+    return combined
+
+
+def fold_line(fold: dict) -> str:
+    return (f"fold{fold['fold']} (test {' '.join(fold['test_sources'])}; {fold['test_images']} images): "
+            f"nucleus Dice {fold['nucleus_dice']:.4f} (outlines alone {fold['outline_dice']:.4f}: "
+            f"{fold['n_extra']} extra objects, {fold['n_missed']} missed nuclei), FNRo {fold['fnro']:.4f}, "
+            f"{fold['epochs']} epochs in {fold['train_seconds']:.0f} s")
+
+
+def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: list[str], infer_flags: list[str],
+                synth: int, echo=click.echo) -> dict:
+    summaries = []
+    for fold in make_folds(tiles, out / "folds", folds):
+        fold_dir = out / "folds" / f"fold{fold['fold']}"
+        summary = bench_real(fold_dir / "train", fold_dir / "test", out / f"fold{fold['fold']}", config,
+                             overrides, infer_flags, synth=synth)
+        summaries.append({**fold, **summary})
+        echo(fold_line(summaries[-1]))
+    return combine(summaries)
+
+
+@click.command()
+@click.option("--tiles", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Reference-style tiles: images/ and masks/ named <source>_<row>x<col>.png.")
+@click.option("--folds", type=click.IntRange(min=2), default=6, show_default=True,
+              help="Number of folds (the number of sources: leave-one-source-out).")
+@click.option("--out", type=click.Path(path_type=Path), help="Keep every fold's run here (default: a temp folder).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=REPO / "configs" / "bench_cpu.config", show_default=True)
+@click.option("--set", "overrides", multiple=True, help="Config override for every fold, e.g. model.dropout_rate=0.1.")
+@click.option("--infer-flags", default="--tta --min-area 30 --fill-holes", show_default=True,
+              help="Flags passed to infer (TTA and post-processing).")
+@click.option("--synth", type=click.IntRange(min=0), default=32, show_default=True,
+              help="Synthetic 1024² fields added to every fold's training tiles (0: real tiles only).")
+def main(tiles: Path, folds: int, out: Path | None, config: Path, overrides, infer_flags: str, synth: int) -> None:
+    """Cross-validate bench-real over leave-sources-out folds of TILES."""
+    if out is not None and out.exists() and any(out.iterdir()):
+        raise click.BadParameter(f"{out} is not empty; give a new folder", param_hint="--out")
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-folds-") as scratch:
+            summary = bench_folds(tiles, out or Path(scratch), folds, config, list(overrides), infer_flags.split(),
+                                  synth)
+    except ValueError as err:  # e.g. fewer sources than folds, or a tile name without a source id
+        raise click.ClickException(str(err)) from None
+    click.echo(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""bench-folds: the per-fold summaries combine into honest means, and the CLI runs every fold end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import REPO, random_pair
+from tests.test_bench_real import TINY
+
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_folds import combine, main  # noqa: E402
+
+
+def fold(k: int, dice_by_image: dict[str, float], fnro: float, seconds: float) -> dict:
+    mean = round(float(np.mean(list(dice_by_image.values()))), 4)
+    return {"fold": k, "test_sources": [f"s{k}"], "nucleus_dice": mean,
+            "nucleus_iou": 0.5, "object_dice": 0.9, "fnro": fnro, "f1": 0.8, "outline_dice": 0.95, "n_extra": k + 1,
+            "n_missed": 2, "per_image_dice": dice_by_image,
+            "train_seconds": seconds, "epochs": 3, "test_images": len(dice_by_image)}
+
+
+def test_folds_weigh_the_same_however_many_images_they_hold():
+    folds = [fold(0, {"a": 0.8, "b": 1.0, "c": 0.9}, fnro=0.1, seconds=10.0),
+             fold(1, {"d": 0.5}, fnro=0.3, seconds=5.0)]
+    combined = combine(folds)
+    assert combined["nucleus_dice"] == pytest.approx((0.9 + 0.5) / 2)       # mean over folds
+    assert combined["nucleus_dice_images"] == pytest.approx((0.8 + 1.0 + 0.9 + 0.5) / 4)  # mean over images
+    assert combined["fnro"] == pytest.approx(0.2)
+    assert combined["nucleus_dice_min"] == 0.5
+    assert combined["test_images"] == 4 and combined["train_seconds"] == 15.0
+    assert combined["n_extra"] == 1 + 2 and combined["n_missed"] == 4 and combined["outline_dice"] == 0.95
+    assert combined["folds"] == folds
+    with pytest.raises(ValueError):
+        combine([])
+
+
+def write_tiles(folder: Path, sources: list[str], size: int = 128) -> Path:
+    rng = np.random.default_rng(5)
+    for kind in ("images", "masks"):
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        image, mask = random_pair(rng, size, size)
+        cv2.imwrite(str(folder / "images" / f"{source}_0x0.png"), image)
+        cv2.imwrite(str(folder / "masks" / f"{source}_0x0.png"), mask)
+    return folder
+
+
+def test_cli_scores_every_fold_and_ends_with_their_mean(tmp_path: Path):
+    tiles = write_tiles(tmp_path / "tiles", ["20001", "20002", "20003", "20004", "20005", "20006"])
+    config = tmp_path / "tiny.config"
+    config.write_text(TINY)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["--tiles", str(tiles), "--folds", "2", "--out", str(out), "--config",
+                                       str(config), "--synth", "0", "--set", "train.epochs=1",
+                                       "--infer-flags", "--min-area 5"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    summary = json.loads(lines[-1])
+    fold_lines = [line for line in lines if line.startswith("fold") and "nucleus Dice" in line]
+    assert [line.split(" ")[0] for line in fold_lines] == ["fold0", "fold1"]  # among prep/train/infer's own lines
+    assert len(summary["folds"]) == 2 and summary["test_images"] == 6
+    held_out = [source for f in summary["folds"] for source in f["test_sources"]]
+    assert sorted(held_out) == ["20001", "20002", "20003", "20004", "20005", "20006"]
+    for f in summary["folds"]:  # each fold trained without its held-out sources and scored only on them
+        trained = {name.split("_")[1] for name in f["train_sources"] + f["valid_sources"]}
+        assert trained.isdisjoint(f["test_sources"])
+        assert {name.split("_")[1] for name in f["per_image_dice"]} == set(f["test_sources"])
+    assert summary["nucleus_dice"] == pytest.approx(np.mean([f["nucleus_dice"] for f in summary["folds"]]), abs=1e-4)
+    assert (out / "fold0" / "infer" / "scores.csv").is_file() and (out / "fold1" / "infer" / "scores.csv").is_file()
+
+
+def test_cli_refuses_a_used_out_folder_and_too_many_folds(tmp_path: Path):
+    tiles = write_tiles(tmp_path / "tiles", ["20001", "20002"])
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["--tiles", str(tiles), "--out", str(used)])
+    assert result.exit_code != 0 and "--out" in result.output and (used / "keep.txt").read_text() == "mine"
+    result = CliRunner().invoke(main, ["--tiles", str(tiles), "--folds", "3", "--out", str(tmp_path / "new")])
+    assert result.exit_code != 0 and "2 sources cannot make 3 folds" in result.output
