@@ -7,6 +7,8 @@ group of sources out), runs `bench_real` on each in turn (its ≤ 15-minute CPU 
 take about 1.5 hours), prints one line per fold as it finishes, and as its last line one JSON object:
 `nucleus_dice` etc. are means over the folds (each fold weighs the same, however many tiles its sources
 have), `nucleus_dice_images` the mean over every held-out image, and `folds` holds each fold's summary.
+With --out, `overlays.png` there shows every held-out image (ground truth green, prediction red) with its
+fold and Dice: red alone is an extra object, green alone a missed nucleus.
 The default --folds 6 on the reference's 6 sources is leave-one-source-out: every model trains on all
 sources but the one it is scored on.
 """
@@ -23,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import click  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 from bench_real import bench_real  # noqa: E402
 from make_folds import make_folds  # noqa: E402
 
@@ -54,6 +58,36 @@ def fold_line(fold: dict) -> str:
             f"{fold['epochs']} epochs in {fold['train_seconds']:.0f} s")
 
 
+def montage(panels: list[tuple[str, np.ndarray]], columns: int = 4, size: int = 320) -> np.ndarray:
+    """The images (HxWx3 uint8), each scaled to ``size`` px wide with its caption above it, in rows of ``columns``."""
+    if not panels:
+        raise ValueError("no images for the montage")
+    caption_height = 22
+    cells = []
+    for caption, image in panels:
+        height = round(image.shape[0] * size / image.shape[1])
+        cell = np.full((caption_height + height, size, 3), 255, np.uint8)
+        cell[caption_height:] = cv2.resize(image, (size, height), interpolation=cv2.INTER_AREA)
+        cv2.putText(cell, caption, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        cells.append(cell)
+    cell_height = max(cell.shape[0] for cell in cells)
+    cells += [np.full((cell_height, size, 3), 255, np.uint8)] * (-len(cells) % columns)
+    padded = [np.pad(cell, ((0, cell_height - cell.shape[0]), (0, 0), (0, 0)), constant_values=255) for cell in cells]
+    rows = [np.hstack(padded[start:start + columns]) for start in range(0, len(padded), columns)]
+    return np.vstack(rows)
+
+
+def overlay_panels(out: Path, folds: list[dict]) -> list[tuple[str, np.ndarray]]:
+    panels = []
+    for fold in folds:
+        for name, dice in fold["per_image_dice"].items():
+            image = cv2.imread(str(out / f"fold{fold['fold']}" / "infer" / "overlays" / f"{Path(name).stem}.png"))
+            if image is not None:
+                short = Path(name).stem.removeprefix("EDF_")[-28:]
+                panels.append((f"fold{fold['fold']} {short} {dice:.3f}", image))
+    return panels
+
+
 def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: list[str], infer_flags: list[str],
                 synth: int, echo=click.echo) -> dict:
     summaries = []
@@ -63,6 +97,9 @@ def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: lis
                              overrides, infer_flags, synth=synth)
         summaries.append({**fold, **summary})
         echo(fold_line(summaries[-1]))
+    panels = overlay_panels(out, summaries)
+    if panels:
+        cv2.imwrite(str(out / "overlays.png"), montage(panels))
     return combine(summaries)
 
 

@@ -16,7 +16,7 @@ from tests.test_bench_real import TINY
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_folds import combine, main  # noqa: E402
+from bench_folds import combine, main, montage  # noqa: E402
 
 
 def fold(k: int, dice_by_image: dict[str, float], fnro: float, seconds: float) -> dict:
@@ -40,6 +40,22 @@ def test_folds_weigh_the_same_however_many_images_they_hold():
     assert combined["folds"] == folds
     with pytest.raises(ValueError):
         combine([])
+
+
+def test_montage_captions_and_scales_every_image_in_rows():
+    red = np.zeros((100, 200, 3), np.uint8)
+    red[..., 2] = 255
+    blue = np.zeros((50, 50, 3), np.uint8)
+    blue[..., 0] = 255
+    sheet = montage([("a", red), ("b", blue), ("c", red)], columns=2, size=100)
+    # cells: red 22 + 50 px high, blue 22 + 100; rows padded to the tallest cell; 3 cells -> 2 rows of 2
+    assert sheet.shape == (2 * (22 + 100), 200, 3)
+    assert (sheet[22:72, :100] == red[0, 0]).all() and (sheet[22:122, 100:] == blue[0, 0]).all()
+    assert (sheet[72:122, :100] == 255).all()                      # under the shorter image: white
+    assert (sheet[:22, :100] < 128).any()                          # the caption is written
+    assert (sheet[122:, 100:] == 255).all()                        # the empty fourth cell
+    with pytest.raises(ValueError):
+        montage([])
 
 
 def write_tiles(folder: Path, sources: list[str], size: int = 128) -> Path:
@@ -75,6 +91,8 @@ def test_cli_scores_every_fold_and_ends_with_their_mean(tmp_path: Path):
         assert {name.split("_")[1] for name in f["per_image_dice"]} == set(f["test_sources"])
     assert summary["nucleus_dice"] == pytest.approx(np.mean([f["nucleus_dice"] for f in summary["folds"]]), abs=1e-4)
     assert (out / "fold0" / "infer" / "scores.csv").is_file() and (out / "fold1" / "infer" / "scores.csv").is_file()
+    sheet = cv2.imread(str(out / "overlays.png"))
+    assert sheet is not None and sheet.shape[1] == 4 * 320 and sheet.shape[0] == 2 * (22 + 320)  # 6 images, 4 a row
 
 
 def test_cli_refuses_a_used_out_folder_and_too_many_folds(tmp_path: Path):

@@ -239,9 +239,9 @@ def pool_scores(per_image: Iterable[Mapping[str, float | int]]) -> dict[str, flo
     def column(key: str) -> np.ndarray:
         return np.array([row[key] for row in rows], dtype=np.float64)
 
-    total = {key: int(column(key).sum()) for key in ("tp", "fp", "fn", "tn", "n_truth", "n_pred", "n_correct")}
-    for key in ("n_good", "n_extra", "n_missed", "fp_extra", "fn_missed"):
-        total[key] = int(column(key).sum())
+    summed = ("tp", "fp", "fn", "tn", "n_truth", "n_pred", "n_correct", "n_good", "n_extra", "n_missed", "fp_extra",
+              "fn_missed")
+    total = {key: int(column(key).sum()) for key in summed}
     n_truth, n_pred, n_correct, n_good = total["n_truth"], total["n_pred"], total["n_correct"], total["n_good"]
     empty_mean = 1.0 if n_truth == 0 and n_pred == 0 else 0.0
     pooled = {
