@@ -83,7 +83,8 @@ def overlay_panels(out: Path, folds: list[dict]) -> list[tuple[str, np.ndarray]]
         for name, dice in fold["per_image_dice"].items():
             image = cv2.imread(str(out / f"fold{fold['fold']}" / "infer" / "overlays" / f"{Path(name).stem}.png"))
             if image is not None:
-                short = Path(name).stem.removeprefix("EDF_")[-28:]
+                stem = Path(name).stem.removeprefix("EDF_")
+                short = stem if len(stem) <= 30 else f"{stem[:9]}..{stem[-19:]}"  # keep the kind and the source
                 panels.append((f"fold{fold['fold']} {short} {dice:.3f}", image))
     return panels
 
