@@ -54,7 +54,7 @@ def combine(folds: list[dict]) -> dict:
 def fold_line(fold: dict) -> str:
     return (f"fold{fold['fold']} (test {' '.join(fold['test_sources'])}; {fold['test_images']} images): "
             f"nucleus Dice {fold['nucleus_dice']:.4f} (outlines alone {fold['outline_dice']:.4f}: "
-            f"{fold['n_extra']} extra objects, {fold['n_missed']} missed nuclei), FNRo {fold['fnro']:.4f}, "
+            f"{fold['n_extra']} extra, {fold['n_missed']} missed), FNRo {fold['fnro']:.4f}, "
             f"{fold['epochs']} epochs in {fold['train_seconds']:.0f} s")
 
 

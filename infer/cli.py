@@ -106,8 +106,9 @@ def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path
         p = result.pooled
         click.echo(f"scores over {len(result.scores)} image(s): nucleus Dice {p['nucleus_dice']:.4f} (pooled), "
                    f"{p['mean_nucleus_dice']:.4f} (mean per image); IoU {p['nucleus_iou']:.4f}; object F1 "
-                   f"{p['object_f1']:.4f}; FNRo {p['fnro']:.4f}; {p['n_extra']} extra object(s), {p['n_missed']} "
-                   f"missed nucle(us/i), outline Dice {p['mean_outline_dice']:.4f}")
+                   f"{p['object_f1']:.4f}; FNRo {p['fnro']:.4f}; {p['n_extra']} extra object"
+                   f"{'' if p['n_extra'] == 1 else 's'}, {p['n_missed']} missed nucle"
+                   f"{'us' if p['n_missed'] == 1 else 'i'}, outline Dice {p['mean_outline_dice']:.4f} (mean per image)")
     if result.failures:
         click.echo(f"error: {len(result.failures)} image(s) could not be read: {', '.join(result.failures)}",
                    err=True)
