@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import click  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_real import bench_real  # noqa: E402
+from bench_real import bench_real, run_options  # noqa: E402
 from make_folds import make_folds  # noqa: E402
 
 FOLD_MEANS = ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1", "outline_dice")
@@ -110,13 +110,7 @@ def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: lis
 @click.option("--folds", type=click.IntRange(min=2), default=6, show_default=True,
               help="Number of folds (the number of sources: leave-one-source-out).")
 @click.option("--out", type=click.Path(path_type=Path), help="Keep every fold's run here (default: a temp folder).")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=REPO / "configs" / "bench_cpu.config", show_default=True)
-@click.option("--set", "overrides", multiple=True, help="Config override for every fold, e.g. model.dropout_rate=0.1.")
-@click.option("--infer-flags", default="--tta --min-area 30 --fill-holes", show_default=True,
-              help="Flags passed to infer (TTA and post-processing).")
-@click.option("--synth", type=click.IntRange(min=0), default=32, show_default=True,
-              help="Synthetic 1024² fields added to every fold's training tiles (0: real tiles only).")
+@run_options  # bench-real's own options, applied to every fold
 def main(tiles: Path, folds: int, out: Path | None, config: Path, overrides, infer_flags: str, synth: int) -> None:
     """Cross-validate bench-real over leave-sources-out folds of TILES."""
     if out is not None and out.exists() and any(out.iterdir()):

@@ -127,17 +127,27 @@ def summarise(out: Path, train_seconds: float) -> dict:
     }
 
 
+def run_options(command):
+    """The options of one bench-real run (config, overrides, infer flags, synthetic fields), shared by bench-folds."""
+    options = [
+        click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=REPO / "configs" / "bench_cpu.config", show_default=True),
+        click.option("--set", "overrides", multiple=True, help="Config override, e.g. train.max_train_seconds=600."),
+        click.option("--infer-flags", default="--tta --min-area 30 --fill-holes", show_default=True,
+                     help="Flags passed to infer (TTA and post-processing)."),
+        click.option("--synth", type=click.IntRange(min=0), default=32, show_default=True,
+                     help="Synthetic 1024² fields added as extra training tiles (0: real tiles only)."),
+    ]
+    for option in reversed(options):  # decorators apply bottom-up; keep --help in this order
+        command = option(command)
+    return command
+
+
 @click.command()
 @click.option("--train-edf", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--test-edf", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Keep everything here (default: a temp folder).")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=REPO / "configs" / "bench_cpu.config", show_default=True)
-@click.option("--set", "overrides", multiple=True, help="Config override, e.g. train.max_train_seconds=600.")
-@click.option("--infer-flags", default="--tta --min-area 30 --fill-holes", show_default=True,
-              help="Flags passed to infer (TTA and post-processing).")
-@click.option("--synth", type=click.IntRange(min=0), default=32, show_default=True,
-              help="Synthetic 1024² fields added as extra training tiles (0: real tiles only).")
+@run_options
 def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, overrides, infer_flags: str,
          synth: int) -> None:
     """Train on TRAIN_EDF's sources, score stitched predictions of TEST_EDF's images."""
