@@ -6,7 +6,9 @@
    with --synth N (default 32), `prep synth` makes N synthetic fields and `prep run --no-augment` tiles them
    into extra *training* tiles only (validation and test stay real); --synth 0 trains on real tiles alone;
 2. `train fit` of the config (its [train] max_train_seconds is the budget, ≤ 15 min on 2 cores);
-3. `infer` of every full-size image of TEST_EDF (ISBI layout) by stitching, scored against its *_GT.png.
+3. `infer` of every full-size image of TEST_EDF (ISBI layout) by stitching, scored against its *_GT.png;
+   `--exclude-border` drops the nuclei cut by the field's edge, which the ISBI ground truth leaves unannotated:
+   every edge of a whole field, or for tiles of one the edges TEST_EDF/field_edges.csv names (make_folds writes it).
 The last line printed is one JSON object (nucleus_dice is the mean over test images; *_pooled over pixels).
 """
 
@@ -27,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 import click  # noqa: E402
 
+FIELD_EDGES = "field_edges.csv"  # in TEST_EDF: which edges of each tile are its field's (see make_folds)
 DATA_KEYS = {
     "train.images_dir": "./dataset/train/images", "train.masks_dir": "./dataset/train/masks",
     "valid.images_dir": "./dataset/valid/images", "valid.masks_dir": "./dataset/valid/masks",
@@ -72,9 +75,13 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
     start = time.monotonic()
     _run(train_cli, ["fit", "--config", str(run_config), *settings, "--overwrite"])
     train_seconds = time.monotonic() - start
+    infer_flags = list(infer_flags)
+    if "--exclude-border" in infer_flags and (test_edf / FIELD_EDGES).is_file():
+        infer_flags += ["--field-edges", str(test_edf / FIELD_EDGES)]
     _run(infer_cli, ["--config", str(run_config), *settings, "--input", str(test_edf), "--gt", str(test_edf),
                      "--output", str(out / "infer"), "--overwrite", "--no-progress", *infer_flags])
     summary = summarise(out, train_seconds)
+    summary["infer_flags"] = " ".join(infer_flags)
     summary["synth_images"] = synth
     summary["train_tiles"] = train_tiles
     return summary
@@ -133,7 +140,7 @@ def run_options(command):
         click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      default=REPO / "configs" / "bench_cpu.config", show_default=True),
         click.option("--set", "overrides", multiple=True, help="Config override, e.g. train.max_train_seconds=600."),
-        click.option("--infer-flags", default="--tta --min-area 30 --fill-holes", show_default=True,
+        click.option("--infer-flags", default="--tta --min-area 30 --fill-holes --exclude-border", show_default=True,
                      help="Flags passed to infer (TTA and post-processing)."),
         click.option("--synth", type=click.IntRange(min=0), default=32, show_default=True,
                      help="Synthetic 1024² fields added as extra training tiles (0: real tiles only)."),

@@ -4,11 +4,17 @@ Tiles are grouped by the source id in their name (``…_<source>_<row>x<col>.png
 the same id), and each fold holds a disjoint group of sources out: fold k's ``train/`` and ``test/`` are
 ISBI-layout folders (``EDF_<tile>.png`` + ``EDF_<tile>_GT.png``) with no source on both sides.
 
+Each ``test/`` also gets ``field_edges.csv`` (for ``infer --exclude-border --field-edges``): which edges of each
+tile are edges of its source field, from the tile's row and column in a ``--field-grid``² grid (ISBI 2014's
+1024² fields cut into 512² tiles: 2). The ground truth leaves the nuclei cut by the field's edge unannotated
+but annotates those cut by a tile's inner edges.
+
     python bench/make_folds.py --tiles ../shared/data/edf-real/tiles --out /tmp/folds --folds 3
 """
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 from collections import defaultdict
@@ -26,13 +32,26 @@ def source_of(stem: str) -> str:
     return match["source"]
 
 
-def make_folds(tiles: Path, out: Path, folds: int) -> list[dict]:
+def field_edges_of(stem: str, grid: int) -> tuple[str, ...]:
+    """The edges of tile ``<source>_<row>x<col>`` that lie on its source field's edge, in a grid×grid field."""
+    match = TILE_NAME.match(stem)
+    if match is None:
+        raise ValueError(f"{stem}: not a '<source>_<row>x<col>' tile name")
+    row, col = int(match["row"]), int(match["col"])
+    if row >= grid or col >= grid:
+        raise ValueError(f"{stem}: row {row}, column {col} lie outside a {grid}×{grid} field (--field-grid)")
+    edges = {"top": row == 0, "bottom": row == grid - 1, "left": col == 0, "right": col == grid - 1}
+    return tuple(edge for edge, on_field_edge in edges.items() if on_field_edge)
+
+
+def make_folds(tiles: Path, out: Path, folds: int, field_grid: int = 2) -> list[dict]:
     by_source: dict[str, list[Path]] = defaultdict(list)
     for image in sorted((tiles / "images").glob("*.png")):
         by_source[source_of(image.stem)].append(image)
     sources = sorted(by_source)
     if len(sources) < folds:
         raise ValueError(f"{tiles}: {len(sources)} sources cannot make {folds} folds")
+    edges = {image.name: field_edges_of(image.stem, field_grid) for images in by_source.values() for image in images}
     held_out = [sources[k::folds] for k in range(folds)]
     summary = []
     for k, test_sources in enumerate(held_out):
@@ -43,6 +62,11 @@ def make_folds(tiles: Path, out: Path, folds: int) -> list[dict]:
                 for image in by_source[source]:
                     shutil.copyfile(image, folder / f"EDF_{image.name}")
                     shutil.copyfile(tiles / "masks" / image.name, folder / f"EDF_{image.stem}_GT.png")
+        with (out / f"fold{k}" / "test" / "field_edges.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["file", "field_edges"])
+            writer.writerows([f"EDF_{image.name}", " ".join(edges[image.name])]
+                             for source in test_sources for image in by_source[source])
         summary.append({"fold": k, "test_sources": test_sources,
                         "train_sources": [s for s in sources if s not in test_sources]})
     return summary
@@ -52,8 +76,14 @@ def make_folds(tiles: Path, out: Path, folds: int) -> list[dict]:
 @click.option("--tiles", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--folds", type=click.IntRange(min=2), default=3, show_default=True)
-def main(tiles: Path, out: Path, folds: int) -> None:
-    for fold in make_folds(tiles, out, folds):
+@click.option("--field-grid", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Tiles per side of a source field (field_edges.csv).")
+def main(tiles: Path, out: Path, folds: int, field_grid: int) -> None:
+    try:
+        summary = make_folds(tiles, out, folds, field_grid)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    for fold in summary:
         click.echo(f"fold{fold['fold']}: test {' '.join(fold['test_sources'])} | "
                    f"train {' '.join(fold['train_sources'])}")
 

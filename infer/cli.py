@@ -47,20 +47,32 @@ def _warn(message, category, filename, lineno, file=None, line=None):
 @click.option("--fill-holes", is_flag=True, help="Fill holes inside predicted nuclei.")
 @click.option("--exclude-border", is_flag=True,
               help="Drop nuclei that touch the image's edge (cut by the field of view: not measurable, and "
-                   "left unannotated by the ISBI 2014 ground truth). For whole fields, not for tiles of one.")
+                   "left unannotated by the ISBI 2014 ground truth). Every edge of a whole field; for tiles cut "
+                   "from a field, give their field edges with --field-edges.")
+@click.option("--field-edges", "field_edges_path", type=click.Path(path_type=Path),
+              help="With --exclude-border: CSV (file,field_edges) naming, per image that is a tile of a larger "
+                   "field, which of its edges (top bottom left right) are the field's. Unlisted images: all four.")
 @click.option("--split-touching", is_flag=True, help="Split touching nuclei (distance-transform watershed).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=True)
 def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path | None, overlap: float, tta: bool,
         tta_mode: str, batch_size: int, save_prob: bool, gt_dir: Path | None, dataset_path: Path | None, split: str,
-        mode: str, threshold: float, min_area: int, fill_holes: bool, exclude_border: bool, split_touching: bool,
-        overwrite: bool, progress: bool) -> None:
+        mode: str, threshold: float, min_area: int, fill_holes: bool, exclude_border: bool,
+        field_edges_path: Path | None, split_touching: bool, overwrite: bool, progress: bool) -> None:
     """Predict full-size nucleus masks: mask PNG (same size, 0/255), overlays/, predictions.csv, nuclei.csv,
     and with --gt scores.csv."""
     warnings.showwarning = _warn
     from tqdm import tqdm
 
-    from infer.run import InferError, InferOptions, dataset_sources, find_truth, list_inputs, predict_folder
+    from infer.run import (
+        InferError,
+        InferOptions,
+        dataset_sources,
+        find_truth,
+        list_inputs,
+        predict_folder,
+        read_field_edges,
+    )
     from train.config import ConfigError, load_config
     from train.fit import TrainError
 
@@ -79,12 +91,21 @@ def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path
             if not gt_dir.is_dir():
                 raise InferError(f"{gt_dir}: --gt folder does not exist")
             truth_of = lambda image: find_truth(gt_dir, image)  # noqa: E731
+        field_edges = {}
+        if field_edges_path is not None:
+            if not exclude_border:
+                raise InferError("--field-edges only says where --exclude-border applies: give both")
+            field_edges = read_field_edges(field_edges_path)
+            unknown = sorted(set(field_edges) - {image.name for image in inputs})
+            if unknown:
+                warnings.warn(f"{field_edges_path}: {len(unknown)} listed file(s) not among the inputs "
+                              f"(first: {unknown[0]})", stacklevel=1)
         from train.evaluate import load_trained
 
         model = load_trained(config)
         options = InferOptions(overlap=overlap, tta=int(tta_mode) if tta else 0, batch_size=batch_size,
                                save_prob=save_prob, mode=mode, threshold=threshold, min_area=min_area,
-                               fill_holes=fill_holes, exclude_border=exclude_border,
+                               fill_holes=fill_holes, exclude_border=exclude_border, field_edges=field_edges,
                                split_touching=split_touching)
         output = (output_path or config.infer.output_dir).expanduser()
         bar = tqdm(total=len(inputs), unit="image", desc="infer", disable=not progress, file=sys.stderr)

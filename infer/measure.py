@@ -8,13 +8,14 @@ work (contours, convex hulls, the watershed) runs on that nucleus's bounding-box
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
 MOMENT_BAND_ROWS = 1024
+EDGES = ("top", "bottom", "left", "right")
 MEASUREMENT_COLUMNS = (
     "id",
     "centroid_y",
@@ -70,13 +71,15 @@ def _fill_holes(binary: np.ndarray) -> np.ndarray:
 
 
 def clean_mask(mask: np.ndarray, min_area: int = 0, fill_holes: bool = False,
-               exclude_border: bool = False) -> np.ndarray:
+               exclude_border: bool = False, field_edges: Collection[str] = EDGES) -> np.ndarray:
     """Fill holes inside nuclei (optional), then drop 8-connected components smaller than ``min_area`` px and,
-    with ``exclude_border``, those that touch the image's edge (nuclei cut by the field of view).
+    with ``exclude_border``, those that touch one of the image's ``field_edges`` (nuclei cut by the field of view).
 
     Holes are filled first, so a nucleus with a hole is kept or dropped by its full size. A cut nucleus cannot be
     measured (its area and shape are partial), and the ISBI 2014 ground truth leaves the nuclei of cells cut by
-    the field's edge unannotated, so against it they only count as false positives.
+    the field's edge unannotated, so against it they only count as false positives. ``field_edges`` names which
+    of "top", "bottom", "left", "right" are edges of the field: all four for a whole field; for a tile cut from
+    one, only those it shares with the field (its inner edges cut nuclei that the ground truth does annotate).
     """
     binary = _as_binary(mask).copy()
     if fill_holes:
@@ -88,10 +91,23 @@ def clean_mask(mask: np.ndarray, min_area: int = 0, fill_holes: bool = False,
         keep = stats[:, cv2.CC_STAT_AREA] >= min_area  # a lookup per label: one pass over the pixels
         keep[0] = False
         if exclude_border:
-            for edge in (components[0], components[-1], components[:, 0], components[:, -1]):
-                keep[edge] = False
+            for edge in check_edges(field_edges):
+                keep[edge_pixels(components, edge)] = False
         binary = keep[components]
     return binary
+
+
+def check_edges(edges: Collection[str]) -> tuple[str, ...]:
+    """The edges in EDGES order; a ValueError names an unknown one."""
+    unknown = sorted(set(edges) - set(EDGES))
+    if unknown:
+        raise ValueError(f"unknown edge {', '.join(map(repr, unknown))}: use {', '.join(EDGES)}")
+    return tuple(edge for edge in EDGES if edge in edges)
+
+
+def edge_pixels(array: np.ndarray, edge: str) -> np.ndarray:
+    """The row or column of ``array`` along one of its edges."""
+    return {"top": array[0], "bottom": array[-1], "left": array[:, 0], "right": array[:, -1]}[edge]
 
 
 def _reconstruct_by_dilation(seed: np.ndarray, limit: np.ndarray) -> np.ndarray:

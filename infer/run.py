@@ -8,7 +8,7 @@ import csv
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +38,8 @@ class InferOptions:
     min_area: int = 0
     fill_holes: bool = False
     exclude_border: bool = False
+    # Images that are tiles of a larger field: which of their edges are the field's (others: all four).
+    field_edges: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     split_touching: bool = False
     weighting: str = "gaussian"
 
@@ -61,6 +63,35 @@ def list_inputs(source: Path) -> list[Path]:
     if not images:
         raise InferError(f"{source}: no images to predict (looked for {', '.join(IMAGE_SUFFIXES)}, *_GT ignored)")
     return images
+
+
+def read_field_edges(path: Path) -> dict[str, tuple[str, ...]]:
+    """``--field-edges`` CSV: columns ``file`` (an input's file name) and ``field_edges`` (the space-separated
+    edges of that image that are edges of its field: top bottom left right; empty for an inner tile)."""
+    from infer.measure import check_edges
+
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"file", "field_edges"} - set(reader.fieldnames or ())
+            if missing:
+                raise InferError(f"{path}: --field-edges needs the columns file,field_edges "
+                                 f"(missing {', '.join(sorted(missing))})")
+            edges: dict[str, tuple[str, ...]] = {}
+            for row in reader:
+                where = f"{path}, line {reader.line_num}"
+                name = (row["file"] or "").strip()
+                if not name or name in edges:
+                    raise InferError(f"{where}: {'empty' if not name else 'repeated'} file name {name!r}")
+                try:
+                    edges[name] = check_edges((row["field_edges"] or "").split())
+                except ValueError as err:
+                    raise InferError(f"{where} ({name}): {err}") from None
+    except OSError as err:
+        raise InferError(f"{path}: cannot read --field-edges ({err.strerror or err})") from None
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise InferError(f"{path}: --field-edges is not a CSV file ({err})") from None
+    return edges
 
 
 def find_truth(gt_dir: Path, image: Path) -> Path | None:
@@ -155,7 +186,7 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
                    progress: Callable[[Path], None] | None = None) -> InferResult:
     """Predict every input into a temp folder beside ``output``, then rename it into place; ``truth_of``
     gives an input's ground truth to score against (None: not scored)."""
-    from infer.measure import MEASUREMENT_COLUMNS, clean_mask, draw_overlay, label_nuclei, measure_nuclei
+    from infer.measure import EDGES, MEASUREMENT_COLUMNS, clean_mask, draw_overlay, label_nuclei, measure_nuclei
     from infer.stitch import count_tiles
     from train.metrics import pool_scores, score_masks
 
@@ -198,7 +229,8 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
             mask, probability = predict_probability(image, predict_batch, tile, tile_options, probability)
             if probability is not None:
                 probability.close()
-            mask = clean_mask(mask, options.min_area, options.fill_holes, options.exclude_border)
+            mask = clean_mask(mask, options.min_area, options.fill_holes, options.exclude_border,
+                              options.field_edges.get(path.name, EDGES))
             labels = label_nuclei(mask, options.split_touching)
             write_png(temp / f"{path.stem}.png", (mask.astype(np.uint8) * 255))
             truth = None

@@ -76,7 +76,7 @@ def test_cli_scores_every_fold_and_ends_with_their_mean(tmp_path: Path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["--tiles", str(tiles), "--folds", "2", "--out", str(out), "--config",
                                        str(config), "--synth", "0", "--set", "train.epochs=1",
-                                       "--infer-flags", "--min-area 5"])
+                                       "--infer-flags", "--min-area 5 --exclude-border"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     summary = json.loads(lines[-1])
@@ -89,6 +89,8 @@ def test_cli_scores_every_fold_and_ends_with_their_mean(tmp_path: Path):
         trained = {name.split("_")[1] for name in f["train_sources"] + f["valid_sources"]}
         assert trained.isdisjoint(f["test_sources"])
         assert {name.split("_")[1] for name in f["per_image_dice"]} == set(f["test_sources"])
+    for k, f in enumerate(summary["folds"]):  # the tiles' field edges reach infer: these are 0x0 tiles of 2×2 fields
+        assert f["infer_flags"].endswith(f"--field-edges {out / 'folds' / f'fold{k}' / 'test' / 'field_edges.csv'}")
     assert summary["nucleus_dice"] == pytest.approx(np.mean([f["nucleus_dice"] for f in summary["folds"]]), abs=1e-4)
     assert (out / "fold0" / "infer" / "scores.csv").is_file() and (out / "fold1" / "infer" / "scores.csv").is_file()
     sheet = cv2.imread(str(out / "overlays.png"))

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 
 from tests.conftest import REPO, write_edf_folder
@@ -13,7 +14,7 @@ from tests.conftest import REPO, write_edf_folder
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_real import bench_real  # noqa: E402
-from make_folds import make_folds, source_of  # noqa: E402
+from make_folds import field_edges_of, make_folds, source_of  # noqa: E402
 
 TINY = """
 [model]
@@ -46,7 +47,12 @@ def test_tiny_bench_real_reports_scores_on_the_held_out_images(tmp_path: Path):
     test_edf = write_edf_folder(tmp_path / "test", count=2, height=100, width=140, seed=2)
     config = tmp_path / "tiny.config"
     config.write_text(TINY)
-    summary = bench_real(train_edf, test_edf, tmp_path / "out", config, [], ["--tta", "--min-area", "5"])
+    (test_edf / "field_edges.csv").write_text("file,field_edges\nEDF001.png,\n")  # an inner tile; EDF000 a field
+    summary = bench_real(train_edf, test_edf, tmp_path / "out", config, [],
+                         ["--tta", "--min-area", "5", "--exclude-border"])
+    assert summary["infer_flags"].endswith(f"--exclude-border --field-edges {test_edf / 'field_edges.csv'}")
+    whole_field = cv2.imread(str(tmp_path / "out" / "infer" / "EDF000.png"), cv2.IMREAD_GRAYSCALE) > 0
+    assert not (whole_field[0].any() or whole_field[-1].any() or whole_field[:, 0].any() or whole_field[:, -1].any())
     for key in ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1"):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["train_seconds"] > 0 and summary["epochs"] == 2 and summary["test_images"] == 2
@@ -91,3 +97,39 @@ def test_folds_hold_each_source_out_once_and_never_leak(real_data: Path, tmp_pat
         test = {source_of(p.stem.removeprefix("EDF_")) for p in (tmp_path / f"fold{fold['fold']}" / "test")
                 .glob("*.png") if not p.stem.endswith("_GT")}
         assert train.isdisjoint(test) and test == set(fold["test_sources"])
+        edges = (tmp_path / f"fold{fold['fold']}" / "test" / "field_edges.csv").read_text().splitlines()
+        images = sorted(p.name for p in (tmp_path / f"fold{fold['fold']}" / "test").glob("*.png")
+                        if not p.stem.endswith("_GT"))
+        assert edges[0] == "file,field_edges" and sorted(line.split(",")[0] for line in edges[1:]) == images
+        for line in edges[1:]:
+            name, listed = line.split(",")
+            assert listed == " ".join(field_edges_of(name.removeprefix("EDF_").removesuffix(".png"), 2))
+        assert not (tmp_path / f"fold{fold['fold']}" / "train" / "field_edges.csv").exists()
+
+
+def test_field_edges_follow_the_tile_position_in_its_field():
+    assert field_edges_of("barrdistorted_1003_0.3_0.3_10001_0x0", 2) == ("top", "left")
+    assert field_edges_of("10001_1x0", 2) == ("bottom", "left")
+    assert field_edges_of("10006_1x1", 2) == ("bottom", "right")
+    assert field_edges_of("7_1x1", 3) == ()  # the middle of a 3×3 field touches no field edge
+    assert field_edges_of("7_0x0", 1) == ("top", "bottom", "left", "right")  # the tile is the field
+    with pytest.raises(ValueError, match="7_2x0: row 2, column 0 lie outside a 2×2 field"):
+        field_edges_of("7_2x0", 2)
+
+
+def test_real_ground_truth_leaves_out_the_nuclei_cut_by_the_field_edge(real_data: Path):
+    """The premise of bench-real's field edges: the reference's real tiles annotate nuclei cut by a tile's inner
+    edges but (nearly) never those cut by its source field's edge, read from its <row>x<col> in a 2×2 field."""
+    from infer.measure import EDGES, clean_mask
+
+    def nuclei(mask):
+        return cv2.connectedComponents(mask.astype("uint8"), connectivity=8)[0] - 1
+
+    on_field_edge = on_inner_edge = 0
+    for path in sorted((real_data / "tiles" / "masks").glob("*.png")):
+        truth = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 127
+        field = field_edges_of(path.stem, 2)
+        inner = tuple(edge for edge in EDGES if edge not in field)
+        on_field_edge += nuclei(truth) - nuclei(clean_mask(truth, exclude_border=True, field_edges=field))
+        on_inner_edge += nuclei(truth) - nuclei(clean_mask(truth, exclude_border=True, field_edges=inner))
+    assert on_field_edge <= 1 and on_inner_edge >= 15  # measured: 1 and 17 of 118 nuclei

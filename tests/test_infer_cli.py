@@ -116,6 +116,42 @@ def test_exclude_border_drops_exactly_the_nuclei_cut_by_the_edge(project: Path, 
         touched += int((inside != plain).any())
     assert touched  # the check above compared something: some prediction did touch an edge
 
+    # Tiles of a larger field: only the listed edges are the field's; unlisted images stay whole fields.
+    listed = {"EDF1024x1024.png": ("top", "left"), "EDF512x1536.png": ()}
+    table = tmp_path / "field_edges.csv"
+    table.write_text("file,field_edges\n" + "".join(f"{name},{' '.join(edges)}\n" for name, edges in listed.items())
+                     + "EDF999.png,top\n")  # a name typed wrong: said, not fatal
+    result = invoke(*common, "--output", tmp_path / "tiles", "--exclude-border", "--field-edges", table)
+    assert result.exit_code == 0, result.output
+    assert "1 listed file(s) not among the inputs (first: EDF999.png)" in result.output
+    kept_more = 0
+    for height, width in SIZES:
+        name = f"EDF{height}x{width}.png"
+        plain = cv2.imread(str(tmp_path / "plain" / name), cv2.IMREAD_GRAYSCALE) > 0
+        tiled = cv2.imread(str(tmp_path / "tiles" / name), cv2.IMREAD_GRAYSCALE) > 0
+        edges = listed.get(name, ("top", "bottom", "left", "right"))
+        np.testing.assert_array_equal(tiled, clean_mask(plain, exclude_border=True, field_edges=edges))
+        kept_more += int(tiled.sum() > (cv2.imread(str(tmp_path / "inside" / name), cv2.IMREAD_GRAYSCALE) > 0).sum())
+    assert kept_more  # some nucleus on an inner edge was kept this time
+
+
+def test_field_edges_table_errors_name_the_file_line_and_flag(project: Path, tmp_path: Path):
+    common = ["--config", project, "--input", project.parent / "images", "--no-progress"]
+    table = tmp_path / "edges.csv"
+    table.write_text("file,field_edges\nEDF300x300.png,top\n")
+    result = invoke(*common, "--output", tmp_path / "o1", "--field-edges", table)
+    assert result.exit_code != 0 and "--field-edges only says where --exclude-border applies" in result.output
+    for text, message in [("file,edges\nEDF300x300.png,top\n", "missing field_edges"),
+                          ("file,field_edges\nEDF300x300.png,top\nEDF901x700.png,up left\n",
+                           "line 3 (EDF901x700.png): unknown edge 'up'"),
+                          ("file,field_edges\nEDF300x300.png,top\nEDF300x300.png,left\n", "repeated file name")]:
+        table.write_text(text)
+        result = invoke(*common, "--output", tmp_path / "o2", "--exclude-border", "--field-edges", table)
+        assert result.exit_code != 0 and str(table) in result.output and message in result.output, result.output
+        assert not (tmp_path / "o2").exists()
+    result = invoke(*common, "--output", tmp_path / "o3", "--exclude-border", "--field-edges", tmp_path / "none.csv")
+    assert result.exit_code != 0 and "none.csv: cannot read --field-edges" in result.output
+
 
 def test_config_defaults_tiles_mode_and_overwrite(project: Path, tmp_path: Path):
     tiles = tmp_path / "tiles"

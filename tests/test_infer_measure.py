@@ -148,16 +148,38 @@ def test_exclude_border_keeps_only_nuclei_inside_the_field():
     np.testing.assert_array_equal(clean_mask(chain, exclude_border=True), chain & (np.arange(9)[:, None] > 3))
 
 
-@settings(max_examples=30, deadline=None)
-@given(arrays(np.bool_, st.tuples(st.integers(1, 24), st.integers(1, 24))))
-def test_exclude_border_matches_a_per_component_check(mask):
+def test_a_tile_of_a_field_loses_only_the_nuclei_on_its_field_edges():
+    mask = np.zeros((40, 50), bool)
+    mask[0:4, 10:14] = True  # top
+    mask[36:40, 20:24] = True  # bottom
+    mask[15:19, 0:3] = True  # left
+    mask[25:29, 47:50] = True  # right
+    mask[18:22, 24:28] = True  # inside
+    kept = clean_mask(mask, exclude_border=True, field_edges=("top", "right"))  # a top-right tile
+    expected = mask.copy()
+    expected[0:4, 10:14] = expected[25:29, 47:50] = False
+    np.testing.assert_array_equal(kept, expected)
+    np.testing.assert_array_equal(clean_mask(mask, exclude_border=True, field_edges=()), mask)  # an inner tile
+    np.testing.assert_array_equal(clean_mask(mask, field_edges=("top",)), mask)  # edges only say where
+    with pytest.raises(ValueError, match="unknown edge 'up'"):
+        clean_mask(mask, exclude_border=True, field_edges=("up", "left"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.bool_, st.tuples(st.integers(1, 24), st.integers(1, 24))),
+       st.sets(st.sampled_from(["top", "bottom", "left", "right"])))
+def test_exclude_border_matches_a_per_component_check(mask, edges):
     labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
     expected = np.zeros_like(mask)
     for index in range(1, count + 1):
         component = labels == index
-        if not (component[0].any() or component[-1].any() or component[:, 0].any() or component[:, -1].any()):
+        touches = {"top": component[0].any(), "bottom": component[-1].any(), "left": component[:, 0].any(),
+                   "right": component[:, -1].any()}
+        if not any(touches[edge] for edge in edges):
             expected |= component
-    np.testing.assert_array_equal(clean_mask(mask, exclude_border=True), expected)
+    np.testing.assert_array_equal(clean_mask(mask, exclude_border=True, field_edges=edges), expected)
+    if edges == {"top", "bottom", "left", "right"}:  # the default is a whole field
+        np.testing.assert_array_equal(clean_mask(mask, exclude_border=True), expected)
 
 
 @settings(max_examples=30, deadline=None)
