@@ -52,7 +52,8 @@ def combine(folds: list[dict]) -> dict:
 
 
 def fold_line(fold: dict) -> str:
-    return (f"fold{fold['fold']} (test {' '.join(fold['test_sources'])}; {fold['test_images']} images): "
+    images = f"{fold['test_images']} image{'' if fold['test_images'] == 1 else 's'}"
+    return (f"fold{fold['fold']} (test {' '.join(fold['test_sources'])}; {images}): "
             f"nucleus Dice {fold['nucleus_dice']:.4f} (outlines alone {fold['outline_dice']:.4f}: "
             f"{fold['n_extra']} extra, {fold['n_missed']} missed), FNRo {fold['fnro']:.4f}, "
             f"{fold['epochs']} epochs in {fold['train_seconds']:.0f} s")

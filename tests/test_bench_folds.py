@@ -16,7 +16,7 @@ from tests.test_bench_real import TINY
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_folds import combine, main, montage  # noqa: E402
+from bench_folds import combine, fold_line, main, montage  # noqa: E402
 
 
 def fold(k: int, dice_by_image: dict[str, float], fnro: float, seconds: float) -> dict:
@@ -40,6 +40,14 @@ def test_folds_weigh_the_same_however_many_images_they_hold():
     assert combined["folds"] == folds
     with pytest.raises(ValueError):
         combine([])
+
+
+def test_fold_line_reads_as_a_sentence():
+    fold = {"fold": 1, "test_sources": ["10002"], "test_images": 1, "nucleus_dice": 0.91567, "outline_dice": 0.94,
+            "n_extra": 1, "n_missed": 0, "fnro": 0.0, "epochs": 57, "train_seconds": 843.2}
+    assert fold_line(fold) == ("fold1 (test 10002; 1 image): nucleus Dice 0.9157 (outlines alone 0.9400: 1 extra, "
+                               "0 missed), FNRo 0.0000, 57 epochs in 843 s")
+    assert "; 2 images)" in fold_line({**fold, "test_images": 2})
 
 
 def test_montage_captions_and_scales_every_image_in_rows():
