@@ -25,18 +25,20 @@ import click
 TILE_NAME = re.compile(r"(?:.*_)?(?P<source>[^_]+)_(?P<row>\d+)x(?P<col>\d+)$")
 
 
-def source_of(stem: str) -> str:
+def parse_tile_name(stem: str) -> re.Match:
     match = TILE_NAME.match(stem)
     if match is None:
         raise ValueError(f"{stem}: not a '<source>_<row>x<col>' tile name")
-    return match["source"]
+    return match
+
+
+def source_of(stem: str) -> str:
+    return parse_tile_name(stem)["source"]
 
 
 def field_edges_of(stem: str, grid: int) -> tuple[str, ...]:
     """The edges of tile ``<source>_<row>x<col>`` that lie on its source field's edge, in a grid×grid field."""
-    match = TILE_NAME.match(stem)
-    if match is None:
-        raise ValueError(f"{stem}: not a '<source>_<row>x<col>' tile name")
+    match = parse_tile_name(stem)
     row, col = int(match["row"]), int(match["col"])
     if row >= grid or col >= grid:
         raise ValueError(f"{stem}: row {row}, column {col} lie outside a {grid}×{grid} field (--field-grid)")

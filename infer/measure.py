@@ -63,10 +63,8 @@ def _fill_holes(binary: np.ndarray) -> np.ndarray:
     count, regions = cv2.connectedComponents(background, connectivity=4, ltype=cv2.CV_32S)
     is_hole = np.ones(count, bool)
     is_hole[0] = False  # label 0 is the foreground itself
-    is_hole[regions[0]] = False
-    is_hole[regions[-1]] = False
-    is_hole[regions[:, 0]] = False
-    is_hole[regions[:, -1]] = False
+    for edge in EDGES:  # background reaching the image's edge is not a hole
+        is_hole[edge_pixels(regions, edge)] = False
     return binary | is_hole[regions]
 
 
