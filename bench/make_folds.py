@@ -17,10 +17,17 @@ from __future__ import annotations
 import csv
 import re
 import shutil
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import click
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from prep.atomic import publish, temp_dir_for  # noqa: E402
 
 TILE_NAME = re.compile(r"(?:.*_)?(?P<source>[^_]+)_(?P<row>\d+)x(?P<col>\d+)$")
 
@@ -46,9 +53,15 @@ def field_edges_of(stem: str, grid: int) -> tuple[str, ...]:
     return tuple(edge for edge, on_field_edge in edges.items() if on_field_edge)
 
 
-def make_folds(tiles: Path, out: Path, folds: int, field_grid: int = 2) -> list[dict]:
+def make_folds(tiles: Path, out: Path, folds: int, field_grid: int = 2, overwrite: bool = False) -> list[dict]:
+    """Write the folds into ``out`` atomically (built beside it, then renamed into place): an empty or missing
+    ``out`` is filled, one with files in it is replaced only with ``overwrite``; a failure leaves nothing behind."""
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty (use --overwrite to replace it)")
     by_source: dict[str, list[Path]] = defaultdict(list)
     for image in sorted((tiles / "images").glob("*.png")):
+        if not (tiles / "masks" / image.name).is_file():
+            raise ValueError(f"{image}: no mask {tiles / 'masks' / image.name}")
         by_source[source_of(image.stem)].append(image)
     sources = sorted(by_source)
     if len(sources) < folds:
@@ -56,21 +69,27 @@ def make_folds(tiles: Path, out: Path, folds: int, field_grid: int = 2) -> list[
     edges = {image.name: field_edges_of(image.stem, field_grid) for images in by_source.values() for image in images}
     held_out = [sources[k::folds] for k in range(folds)]
     summary = []
-    for k, test_sources in enumerate(held_out):
-        for side, members in (("test", test_sources), ("train", [s for s in sources if s not in test_sources])):
-            folder = out / f"fold{k}" / side
-            folder.mkdir(parents=True, exist_ok=True)
-            for source in members:
-                for image in by_source[source]:
-                    shutil.copyfile(image, folder / f"EDF_{image.name}")
-                    shutil.copyfile(tiles / "masks" / image.name, folder / f"EDF_{image.stem}_GT.png")
-        with (out / f"fold{k}" / "test" / "field_edges.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["file", "field_edges"])
-            writer.writerows([f"EDF_{image.name}", " ".join(edges[image.name])]
-                             for source in test_sources for image in by_source[source])
-        summary.append({"fold": k, "test_sources": test_sources,
-                        "train_sources": [s for s in sources if s not in test_sources]})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_dir_for(out)
+    try:
+        for k, test_sources in enumerate(held_out):
+            for side, members in (("test", test_sources), ("train", [s for s in sources if s not in test_sources])):
+                folder = temp / f"fold{k}" / side
+                folder.mkdir(parents=True)
+                for source in members:
+                    for image in by_source[source]:
+                        shutil.copyfile(image, folder / f"EDF_{image.name}")
+                        shutil.copyfile(tiles / "masks" / image.name, folder / f"EDF_{image.stem}_GT.png")
+            with (temp / f"fold{k}" / "test" / "field_edges.csv").open("w", newline="") as handle:
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerow(["file", "field_edges"])
+                writer.writerows([f"EDF_{image.name}", " ".join(edges[image.name])]
+                                 for source in test_sources for image in by_source[source])
+            summary.append({"fold": k, "test_sources": test_sources,
+                            "train_sources": [s for s in sources if s not in test_sources]})
+        publish(temp, out, overwrite=True)  # out is missing, empty, or overwrite was asked for (checked above)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     return summary
 
 
@@ -80,10 +99,11 @@ def make_folds(tiles: Path, out: Path, folds: int, field_grid: int = 2) -> list[
 @click.option("--folds", type=click.IntRange(min=2), default=3, show_default=True)
 @click.option("--field-grid", type=click.IntRange(min=1), default=2, show_default=True,
               help="Tiles per side of a source field (field_edges.csv).")
-def main(tiles: Path, out: Path, folds: int, field_grid: int) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
+def main(tiles: Path, out: Path, folds: int, field_grid: int, overwrite: bool) -> None:
     try:
-        summary = make_folds(tiles, out, folds, field_grid)
-    except ValueError as err:
+        summary = make_folds(tiles, out, folds, field_grid, overwrite)
+    except (ValueError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
     for fold in summary:
         click.echo(f"fold{fold['fold']}: test {' '.join(fold['test_sources'])} | "

@@ -17,6 +17,8 @@ from tests.test_bench_real import TINY
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_folds import combine, fold_line, main, montage  # noqa: E402
+from make_folds import main as make_folds_main  # noqa: E402
+from make_folds import make_folds  # noqa: E402
 
 
 def fold(k: int, dice_by_image: dict[str, float], fnro: float, seconds: float) -> dict:
@@ -114,3 +116,25 @@ def test_cli_refuses_a_used_out_folder_and_too_many_folds(tmp_path: Path):
     assert result.exit_code != 0 and "--out" in result.output and (used / "keep.txt").read_text() == "mine"
     result = CliRunner().invoke(main, ["--tiles", str(tiles), "--folds", "3", "--out", str(tmp_path / "new")])
     assert result.exit_code != 0 and "2 sources cannot make 3 folds" in result.output
+
+
+def test_make_folds_writes_atomically_and_never_clobbers(tmp_path: Path):
+    tiles = write_tiles(tmp_path / "tiles", ["20001", "20002", "20003"])
+    out = tmp_path / "folds"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        make_folds(tiles, out, 3)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    folds = make_folds(tiles, out, 3, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["fold0", "fold1", "fold2"] and len(folds) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folds", "tiles"]  # no temp folder left beside it
+    (tiles / "masks" / "20002_0x0.png").unlink()
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="20002_0x0.png: no mask"):
+        make_folds(tiles, fresh, 3)
+    assert not fresh.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["folds", "tiles"]
+    result = CliRunner().invoke(make_folds_main, ["--tiles", str(tiles), "--out", str(out), "--folds", "2",
+                                                  "--overwrite"])
+    assert result.exit_code != 0 and "no mask" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["fold0", "fold1", "fold2"]  # the old folds are untouched
