@@ -91,12 +91,12 @@ def overlay_panels(out: Path, folds: list[dict]) -> list[tuple[str, np.ndarray]]
 
 
 def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: list[str], infer_flags: list[str],
-                synth: int, echo=click.echo) -> dict:
+                synth: int, valid_on: str = "synth", echo=click.echo) -> dict:
     summaries = []
     for fold in make_folds(tiles, out / "folds", folds):
         fold_dir = out / "folds" / f"fold{fold['fold']}"
         summary = bench_real(fold_dir / "train", fold_dir / "test", out / f"fold{fold['fold']}", config,
-                             overrides, infer_flags, synth=synth)
+                             overrides, infer_flags, synth=synth, valid_on=valid_on)
         summaries.append({**fold, **summary})
         echo(fold_line(summaries[-1]))
     panels = overlay_panels(out, summaries)
@@ -112,14 +112,15 @@ def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: lis
               help="Number of folds (the number of sources: leave-one-source-out).")
 @click.option("--out", type=click.Path(path_type=Path), help="Keep every fold's run here (default: a temp folder).")
 @run_options  # bench-real's own options, applied to every fold
-def main(tiles: Path, folds: int, out: Path | None, config: Path, overrides, infer_flags: str, synth: int) -> None:
+def main(tiles: Path, folds: int, out: Path | None, config: Path, overrides, infer_flags: str, synth: int,
+         valid_on: str) -> None:
     """Cross-validate bench-real over leave-sources-out folds of TILES."""
     if out is not None and out.exists() and any(out.iterdir()):
         raise click.BadParameter(f"{out} is not empty; give a new folder", param_hint="--out")
     try:
         with tempfile.TemporaryDirectory(prefix="bench-folds-") as scratch:
             summary = bench_folds(tiles, out or Path(scratch), folds, config, list(overrides), infer_flags.split(),
-                                  synth)
+                                  synth, valid_on)
     except ValueError as err:  # e.g. fewer sources than folds, or a tile name without a source id
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(summary))

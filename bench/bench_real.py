@@ -2,9 +2,12 @@
 
     python bench/bench_real.py --train-edf DIR --test-edf DIR [--out DIR] [--config configs/bench_cpu.config]
 
-1. `prep run` on TRAIN_EDF into train and valid only (split by source image, test ratio 0);
-   with --synth N (default 32), `prep synth` makes N synthetic fields and `prep run --no-augment` tiles them
-   into extra *training* tiles only (validation and test stay real); --synth 0 trains on real tiles alone;
+1. `prep run` on TRAIN_EDF (test ratio 0). With --valid-on synth (the default) every TRAIN_EDF source trains and
+   the run is monitored on SYNTH_VALID_FIELDS extra synthetic fields; with --valid-on real a fifth of TRAIN_EDF's
+   sources is held out as the validation split instead (never trained on). The validation split only draws the
+   curves and montages: the last weights are kept, so with a handful of real sources holding one out only costs
+   training data. With --synth N (default 32), `prep synth` makes N synthetic fields and `prep run --no-augment`
+   tiles them into extra training tiles; --synth 0 trains on real tiles alone;
 2. `train fit` of the config (its [train] max_train_seconds is the budget, ≤ 15 min on 2 cores);
 3. `infer` of every full-size image of TEST_EDF (ISBI layout) by stitching, scored against its *_GT.png;
    `--exclude-border` drops the nuclei cut by the field's edge, which the ISBI ground truth leaves unannotated:
@@ -29,6 +32,9 @@ sys.path.insert(0, str(REPO))
 
 import click  # noqa: E402
 
+# --valid-on synth monitors the run on one synthetic 1024² field (4 tiles): about as cheap per epoch as the
+# two real tiles it replaces, so the budget's training steps stay the same.
+SYNTH_VALID_FIELDS = 1
 FIELD_EDGES = "field_edges.csv"  # in TEST_EDF: which edges of each tile are its field's (see make_folds)
 DATA_KEYS = {
     "train.images_dir": "./dataset/train/images", "train.masks_dir": "./dataset/train/masks",
@@ -47,22 +53,36 @@ def _run(command: click.Command, args: list[str]) -> None:
 
 
 def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrides: list[str],
-               infer_flags: list[str], valid_ratio: float = 0.2, synth: int = 0, synth_seed: int = 2014) -> dict:
+               infer_flags: list[str], valid_ratio: float = 0.2, synth: int = 0, synth_seed: int = 2014,
+               valid_on: str = "synth") -> dict:
     from infer.cli import cli as infer_cli
     from prep.cli import cli as prep_cli
     from train.cli import cli as train_cli
     from train.config import load_config
 
     tile = load_config(config, overrides).model.image_height  # tiles must be the model's input size
+    if valid_on not in ("real", "synth"):
+        raise ValueError(f"valid_on must be 'real' or 'synth', not {valid_on!r}")
     out.mkdir(parents=True, exist_ok=True)
+    real_valid = valid_ratio if valid_on == "real" else 0.0
     _run(prep_cli, ["run", "--input", str(train_edf), "--output", str(out / "dataset"), "--overwrite",
-                    "--split", f"{1 - valid_ratio:g},{valid_ratio:g},0", "--tile-size", str(tile), "--no-progress"])
+                    "--split", f"{1 - real_valid:g},{real_valid:g},0", "--tile-size", str(tile), "--no-progress"])
     data_keys = dict(DATA_KEYS)
-    if synth:
-        _run(prep_cli, ["synth", "--output", str(out / "synth-edf"), "--count", str(synth), "--size", "1024",
+    synth_valid = SYNTH_VALID_FIELDS if valid_on == "synth" else 0
+    if synth + synth_valid:
+        fields = synth + synth_valid
+        _run(prep_cli, ["synth", "--output", str(out / "synth-edf"), "--count", str(fields), "--size", "1024",
                         "--seed", str(synth_seed), "--overwrite", "--no-progress"])
+        # Whole fields go to train or valid (split by source, so no field has tiles on both sides).
         _run(prep_cli, ["run", "--input", str(out / "synth-edf"), "--output", str(out / "synth-dataset"),
-                        "--overwrite", "--split", "1,0,0", "--tile-size", str(tile), "--no-augment", "--no-progress"])
+                        "--overwrite", "--split", f"{synth / fields:g},{synth_valid / fields:g},0",
+                        "--tile-size", str(tile), "--no-augment", "--no-progress"])
+    if synth_valid:
+        data_keys.update({"valid.images_dir": "./synth-dataset/valid/images",
+                          "valid.masks_dir": "./synth-dataset/valid/masks",
+                          "test.images_dir": "./synth-dataset/valid/images",
+                          "test.masks_dir": "./synth-dataset/valid/masks"})
+    if synth:
         train_tiles = mix_training_tiles([out / "dataset" / "train", out / "synth-dataset" / "train"],
                                          out / "train-mix")
         data_keys.update({"train.images_dir": "./train-mix/images", "train.masks_dir": "./train-mix/masks"})
@@ -83,6 +103,7 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
     summary = summarise(out, train_seconds)
     summary["infer_flags"] = " ".join(infer_flags)
     summary["synth_images"] = synth
+    summary["valid_on"] = valid_on
     summary["train_tiles"] = train_tiles
     return summary
 
@@ -144,6 +165,10 @@ def run_options(command):
                      help="Flags passed to infer (TTA and post-processing)."),
         click.option("--synth", type=click.IntRange(min=0), default=32, show_default=True,
                      help="Synthetic 1024² fields added as extra training tiles (0: real tiles only)."),
+        click.option("--valid-on", type=click.Choice(["synth", "real"]), default="synth", show_default=True,
+                     help="Validation split (it only draws curves and montages): synth = extra synthetic field(s), "
+                          "every TRAIN_EDF source trains; real = a fifth of TRAIN_EDF's sources, held out of "
+                          "training."),
     ]
     for option in reversed(options):  # decorators apply bottom-up; keep --help in this order
         command = option(command)
@@ -156,11 +181,11 @@ def run_options(command):
 @click.option("--out", type=click.Path(path_type=Path), help="Keep everything here (default: a temp folder).")
 @run_options
 def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, overrides, infer_flags: str,
-         synth: int) -> None:
+         synth: int, valid_on: str) -> None:
     """Train on TRAIN_EDF's sources, score stitched predictions of TEST_EDF's images."""
     with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
         summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
-                             infer_flags.split(), synth=synth)
+                             infer_flags.split(), synth=synth, valid_on=valid_on)
     click.echo(json.dumps(summary))
 
 

@@ -13,7 +13,7 @@ from tests.conftest import REPO, write_edf_folder
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_real import bench_real  # noqa: E402
+from bench_real import SYNTH_VALID_FIELDS, bench_real  # noqa: E402
 from make_folds import field_edges_of, make_folds, source_of  # noqa: E402
 
 TINY = """
@@ -56,12 +56,12 @@ def test_tiny_bench_real_reports_scores_on_the_held_out_images(tmp_path: Path):
     for key in ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1"):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["train_seconds"] > 0 and summary["epochs"] == 2 and summary["test_images"] == 2
-    assert set(summary["train_sources"]).isdisjoint(summary["valid_sources"])
+    assert len(summary["train_sources"]) == 4 and summary["valid_sources"] == []  # every real source trains
     assert summary["nucleus_dice"] == pytest.approx(sum(summary["per_image_dice"].values()) / 2, abs=1e-3)
     json.dumps(summary)  # the bench prints it as its last line
 
 
-def test_synthetic_fields_join_training_only(tmp_path: Path):
+def test_synthetic_fields_join_training_and_one_more_is_the_validation_split(tmp_path: Path):
     train_edf = write_edf_folder(tmp_path / "train", count=3, height=128, width=128, seed=1)
     test_edf = write_edf_folder(tmp_path / "test", count=1, height=128, width=128, seed=2)
     config = tmp_path / "tiny.config"
@@ -71,14 +71,33 @@ def test_synthetic_fields_join_training_only(tmp_path: Path):
     real_tiles = sorted(p.name for p in (out / "dataset" / "train" / "images").glob("*.png"))
     synth_tiles = sorted(p.name for p in (out / "synth-dataset" / "train" / "images").glob("*.png"))
     mixed = sorted(p.name for p in (out / "train-mix" / "images").glob("*.png"))
-    assert real_tiles and synth_tiles and summary["synth_images"] == 2
+    assert real_tiles and synth_tiles and summary["synth_images"] == 2 and summary["valid_on"] == "synth"
     assert mixed == sorted([f"dataset_{n}" for n in real_tiles] + [f"synth-dataset_{n}" for n in synth_tiles])
     assert summary["train_tiles"] == len(mixed)
     for kind in ("images", "masks"):
         assert all(link.resolve().is_file() for link in (out / "train-mix" / kind).iterdir())
-    for split in ("valid", "test"):  # synthetic tiles train only: validation and test stay real
-        assert not list((out / "synth-dataset" / split / "images").glob("*.png"))
+    # Every real source trains; the run is monitored on one more synthetic field, whole, that never trains.
+    assert summary["valid_sources"] == [] and not list((out / "dataset" / "valid" / "images").glob("*.png"))
+    synth_record = json.loads((out / "synth-dataset" / "prep.json").read_text())["splits"]
+    assert len(synth_record["train"]) == 2 and len(synth_record["valid"]) == SYNTH_VALID_FIELDS
+    assert set(synth_record["train"]).isdisjoint(synth_record["valid"])
+    assert list((out / "synth-dataset" / "valid" / "images").glob("*.png"))
+    assert list((out / "epoch_change_infer").glob("epoch_*.png"))  # the montage of validation tiles was drawn
     assert summary["test_images"] == 1
+
+
+def test_valid_on_real_holds_real_sources_out_of_training(tmp_path: Path):
+    train_edf = write_edf_folder(tmp_path / "train", count=5, height=128, width=128, seed=1)
+    test_edf = write_edf_folder(tmp_path / "test", count=1, height=128, width=128, seed=2)
+    config = tmp_path / "tiny.config"
+    config.write_text(TINY)
+    out = tmp_path / "out"
+    summary = bench_real(train_edf, test_edf, out, config, ["train.epochs=1"], [], valid_on="real")
+    assert summary["valid_on"] == "real" and len(summary["valid_sources"]) == 1 and len(summary["train_sources"]) == 4
+    assert set(summary["train_sources"]).isdisjoint(summary["valid_sources"])
+    assert not (out / "synth-dataset").exists()  # no synthetic field is made when neither split needs one
+    with pytest.raises(ValueError, match="valid_on"):
+        bench_real(train_edf, test_edf, tmp_path / "bad", config, [], [], valid_on="test")
 
 
 def test_source_ids_come_from_the_reference_names():
