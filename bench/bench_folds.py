@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import click  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_real import bench_real, run_options  # noqa: E402
+from bench_real import VALID_ON, bench_real, run_options  # noqa: E402
 from make_folds import make_folds  # noqa: E402
 
 FOLD_MEANS = ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1", "outline_dice")
@@ -91,7 +91,7 @@ def overlay_panels(out: Path, folds: list[dict]) -> list[tuple[str, np.ndarray]]
 
 
 def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: list[str], infer_flags: list[str],
-                synth: int, valid_on: str = "synth", echo=click.echo) -> dict:
+                synth: int, valid_on: str = VALID_ON[0], echo=click.echo) -> dict:
     summaries = []
     for fold in make_folds(tiles, out / "folds", folds):
         fold_dir = out / "folds" / f"fold{fold['fold']}"

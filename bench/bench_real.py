@@ -35,6 +35,7 @@ import click  # noqa: E402
 # --valid-on synth monitors the run on one synthetic 1024² field (4 tiles): about as cheap per epoch as the
 # two real tiles it replaces, so the budget's training steps stay the same.
 SYNTH_VALID_FIELDS = 1
+VALID_ON = ("synth", "real")  # --valid-on's choices; the first is the default
 FIELD_EDGES = "field_edges.csv"  # in TEST_EDF: which edges of each tile are its field's (see make_folds)
 DATA_KEYS = {
     "train.images_dir": "./dataset/train/images", "train.masks_dir": "./dataset/train/masks",
@@ -54,15 +55,15 @@ def _run(command: click.Command, args: list[str]) -> None:
 
 def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrides: list[str],
                infer_flags: list[str], valid_ratio: float = 0.2, synth: int = 0, synth_seed: int = 2014,
-               valid_on: str = "synth") -> dict:
+               valid_on: str = VALID_ON[0]) -> dict:
     from infer.cli import cli as infer_cli
     from prep.cli import cli as prep_cli
     from train.cli import cli as train_cli
     from train.config import load_config
 
     tile = load_config(config, overrides).model.image_height  # tiles must be the model's input size
-    if valid_on not in ("real", "synth"):
-        raise ValueError(f"valid_on must be 'real' or 'synth', not {valid_on!r}")
+    if valid_on not in VALID_ON:
+        raise ValueError(f"valid_on must be one of {VALID_ON}, not {valid_on!r}")
     out.mkdir(parents=True, exist_ok=True)
     real_valid = valid_ratio if valid_on == "real" else 0.0
     _run(prep_cli, ["run", "--input", str(train_edf), "--output", str(out / "dataset"), "--overwrite",
@@ -165,7 +166,7 @@ def run_options(command):
                      help="Flags passed to infer (TTA and post-processing)."),
         click.option("--synth", type=click.IntRange(min=0), default=32, show_default=True,
                      help="Synthetic 1024² fields added as extra training tiles (0: real tiles only)."),
-        click.option("--valid-on", type=click.Choice(["synth", "real"]), default="synth", show_default=True,
+        click.option("--valid-on", type=click.Choice(VALID_ON), default=VALID_ON[0], show_default=True,
                      help="Validation split (it only draws curves and montages): synth = extra synthetic field(s), "
                           "every TRAIN_EDF source trains; real = a fifth of TRAIN_EDF's sources, held out of "
                           "training."),
