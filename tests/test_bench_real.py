@@ -42,11 +42,18 @@ rgb_map = {(0,0,0):0,(255,255,255):1,}
 """
 
 
-def test_tiny_bench_real_reports_scores_on_the_held_out_images(tmp_path: Path):
-    train_edf = write_edf_folder(tmp_path / "train", count=4, height=128, width=128, seed=1)
-    test_edf = write_edf_folder(tmp_path / "test", count=2, height=100, width=140, seed=2)
+def tiny_bench_inputs(tmp_path: Path, train_count: int, test_count: int = 1,
+                      test_size: tuple[int, int] = (128, 128)) -> tuple[Path, Path, Path]:
+    """TRAIN_EDF and TEST_EDF folders of synthetic ISBI-layout images, and the tiny config, under tmp_path."""
+    train_edf = write_edf_folder(tmp_path / "train", count=train_count, height=128, width=128, seed=1)
+    test_edf = write_edf_folder(tmp_path / "test", count=test_count, height=test_size[0], width=test_size[1], seed=2)
     config = tmp_path / "tiny.config"
     config.write_text(TINY)
+    return train_edf, test_edf, config
+
+
+def test_tiny_bench_real_reports_scores_on_the_held_out_images(tmp_path: Path):
+    train_edf, test_edf, config = tiny_bench_inputs(tmp_path, train_count=4, test_count=2, test_size=(100, 140))
     (test_edf / "field_edges.csv").write_text("file,field_edges\nEDF001.png,\n")  # an inner tile; EDF000 a field
     summary = bench_real(train_edf, test_edf, tmp_path / "out", config, [],
                          ["--tta", "--min-area", "5", "--exclude-border"])
@@ -62,10 +69,7 @@ def test_tiny_bench_real_reports_scores_on_the_held_out_images(tmp_path: Path):
 
 
 def test_synthetic_fields_join_training_and_one_more_is_the_validation_split(tmp_path: Path):
-    train_edf = write_edf_folder(tmp_path / "train", count=3, height=128, width=128, seed=1)
-    test_edf = write_edf_folder(tmp_path / "test", count=1, height=128, width=128, seed=2)
-    config = tmp_path / "tiny.config"
-    config.write_text(TINY)
+    train_edf, test_edf, config = tiny_bench_inputs(tmp_path, train_count=3)
     out = tmp_path / "out"
     summary = bench_real(train_edf, test_edf, out, config, ["train.epochs=1"], [], synth=2)
     real_tiles = sorted(p.name for p in (out / "dataset" / "train" / "images").glob("*.png"))
@@ -87,10 +91,7 @@ def test_synthetic_fields_join_training_and_one_more_is_the_validation_split(tmp
 
 
 def test_valid_on_real_holds_real_sources_out_of_training(tmp_path: Path):
-    train_edf = write_edf_folder(tmp_path / "train", count=5, height=128, width=128, seed=1)
-    test_edf = write_edf_folder(tmp_path / "test", count=1, height=128, width=128, seed=2)
-    config = tmp_path / "tiny.config"
-    config.write_text(TINY)
+    train_edf, test_edf, config = tiny_bench_inputs(tmp_path, train_count=5)
     out = tmp_path / "out"
     summary = bench_real(train_edf, test_edf, out, config, ["train.epochs=1"], [], valid_on="real")
     assert summary["valid_on"] == "real" and len(summary["valid_sources"]) == 1 and len(summary["train_sources"]) == 4
