@@ -99,3 +99,16 @@ def test_unreadable_configs(tmp_path: Path):
         load_config(binary)
     with pytest.raises(ConfigError, match="not an INI"):
         load_config(write(tmp_path, "epochs = 3\n"))
+
+
+def test_provenance_copy_keeps_the_overrides_and_rebuilds_the_same_config(tmp_path: Path):
+    path = write(tmp_path, "[model]\nnum_layers = 4 ; a comment\nbase_kernels = (5,5)\n[train]\nepochs = 5\n")
+    config = load_config(path, ["model.num_layers=3", "model.dropout_rate=0.1", "train.model_dir=runs/m"])
+    assert path.read_text().endswith("epochs = 5\n") and config.provenance_text().startswith(path.read_text())
+    copy = tmp_path / "elsewhere" / "train_eval_infer.config"
+    copy.parent.mkdir()
+    copy.write_text(config.provenance_text())
+    again = load_config(copy)
+    assert again.model.num_layers == 3 and again.model.dropout_rate == 0.1 and again.model.base_kernels == (5, 5)
+    assert again.train.model_dir == (tmp_path / "runs" / "m").resolve()  # resolved, not relative to the copy
+    assert load_config(path).provenance_text() == path.read_text()  # no overrides: the file as it is

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from prep.cli import cli as prep_cli
 from tests.conftest import REPO, SHARED, write_edf_folder
 from train.cli import cli as train_cli
+from train.config import load_config
 
 TINY = """
 [model]
@@ -86,11 +87,12 @@ def read_rows(path: Path) -> list[list[str]]:
 
 
 def test_fit_evaluate_summary_write_every_artifact(tmp_path: Path, tiny_dataset: Path):
-    config = make_run(tmp_path, tiny_dataset, epochs=2)
-    result = invoke("fit", "--config", config)
+    config = make_run(tmp_path, tiny_dataset, epochs=3)
+    result = invoke("fit", "--config", config, "--set", "train.epochs=2")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "models" / "best.weights.h5").is_file()
-    assert (tmp_path / "models" / "train_eval_infer.config").is_file()
+    # The copy beside the weights is the config this run used, its --set included.
+    assert load_config(tmp_path / "models" / "train_eval_infer.config").train.epochs == 2
     assert any((tmp_path / "models" / "logs").rglob("*"))  # TensorBoard
     eval_dir = tmp_path / "eval"
     for name in ("train_metrics.csv", "train_losses.csv", "train_metrics.png", "train_losses.png", "history.json"):

@@ -244,6 +244,7 @@ class Config:
     image: Section
     mask: Section
     raw: dict[str, dict[str, str]] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # the --set strings applied on top of the file
 
     @property
     def folder(self) -> Path:
@@ -257,6 +258,21 @@ class Config:
         """Every typed value, by section (for provenance records)."""
         return {name: {k: (str(v) if isinstance(v, Path) else v) for k, v in getattr(self, name).__dict__.items()
                        if not k.startswith("_")} for name in SCHEMA}
+
+    def provenance_text(self) -> str:
+        """The config file's text with this run's --set overrides appended as repeated sections, so the copy
+        kept beside the weights rebuilds the same model (repeated sections merge, later values win). Path
+        values are written resolved: the copy lives in another folder."""
+        text = self.path.read_text(encoding="utf-8")
+        if not self.overrides:
+            return text
+        lines = ["", "; --set overrides of this run (they take precedence over the values above)"]
+        for override in self.overrides:
+            section, key, value = parse_override(override)
+            if SCHEMA[section][key].path:
+                value = str(getattr(getattr(self, section), key))
+            lines += [f"[{section}]", f"{key} = {value.strip()}"]
+        return text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
 
 
 def _convert(section: str, key: str, text: str, folder: Path, source: str) -> Any:
@@ -327,7 +343,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
                 default = spec.default
                 values[key] = (path.parent / default).resolve() if spec.path and default is not None else default
         sections[name] = Section(name, values)
-    config = Config(path=path, raw=raw, **sections)
+    config = Config(path=path, raw=raw, overrides=tuple(overrides), **sections)
     classes = sorted(set(config.mask.rgb_map.values()))
     if classes != list(range(config.model.num_classes)):
         raise ConfigError(f"{path}: [mask] rgb_map classes {classes} do not match [model] num_classes = "

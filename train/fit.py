@@ -246,7 +246,8 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
         paths = run_paths(config)
         train_ds, valid_ds, _, valid_pairs = datasets(config)
         resuming = _prepare_output(paths, config, overwrite)
-        shutil.copyfile(config.path, paths.model_dir / config.path.name)  # provenance beside the weights
+        # Provenance beside the weights, --set overrides included: infer can rebuild the model from it alone.
+        (paths.model_dir / config.path.name).write_text(config.provenance_text(), encoding="utf-8")
         strategy = make_strategy(t.strategy)
         with strategy.scope():
             # Size-agnostic: it trains on crops and validates on whole tiles.
