@@ -54,6 +54,7 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[model]\nnum_layers = 3.5\n", "[model] num_layers"),
     ("[model]\nlearning_rate = nan\n", "[model] learning_rate"),
     ("[model]\noptimizer = SGD\n", "[model] optimizer"),
+    ("[model]\nlocal_contrast = 8\n", "[model] local_contrast"),
     ("[train]\nbatch_size = 0\n", "[train] batch_size"),
     ("[train]\nsave_weights_only = maybe\n", "[train] save_weights_only"),
     ("[train]\nrandom_scale = 1.5\n", "[train] random_scale"),
@@ -99,6 +100,17 @@ def test_unreadable_configs(tmp_path: Path):
         load_config(binary)
     with pytest.raises(ConfigError, match="not an INI"):
         load_config(write(tmp_path, "epochs = 3\n"))
+
+
+def test_local_contrast_key_reaches_the_model(tmp_path: Path):
+    from train.fit import build_model
+
+    text = "[model]\nimage_width = 64\nimage_height = 64\nimage_channels = 1\nbase_kernels = (3,3)\nnum_layers = 3\n"
+    assert load_config(write(tmp_path, text)).model.local_contrast == 0  # off unless asked: reference unchanged
+    plain = build_model(load_config(write(tmp_path, text)))
+    model = build_model(load_config(write(tmp_path, text + "local_contrast = 31\n")))
+    assert "local_contrast" not in {layer.name for layer in plain.layers}
+    assert model.get_layer("local_contrast").window == 31
 
 
 def test_provenance_copy_keeps_the_overrides_and_rebuilds_the_same_config(tmp_path: Path):

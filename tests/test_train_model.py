@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from train.model import build_flexunet, check_architecture, max_num_layers
+from train.model import LocalContrast, build_flexunet, check_architecture, max_num_layers
 
 REFERENCE_PARAMS = 124_996_866  # TensorFlowFlexUNet with the reference train_eval_infer.config
 
@@ -176,3 +176,73 @@ def test_mixed_precision_outputs_float32():
         assert keras.backend.standardize_dtype(probabilities.dtype) == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def brute_force_local_contrast(image: np.ndarray, window: int, min_std: float) -> np.ndarray:
+    """(x − mean) / max(std, min_std) over the in-image part of a window×window box, one pixel at a time."""
+    half = window // 2
+    height, width = image.shape
+    out = np.empty_like(image)
+    for row in range(height):
+        for col in range(width):
+            box = image[max(row - half, 0):row + half + 1, max(col - half, 0):col + half + 1]
+            out[row, col] = (image[row, col] - box.mean()) / max(box.std(), min_std)
+    return out
+
+
+def test_local_contrast_matches_a_brute_force_box_including_the_image_edges():
+    images = np.random.default_rng(3).random((2, 23, 17, 1)).astype("float32")
+    out = keras.ops.convert_to_numpy(LocalContrast(7, min_std=0.04)(images))
+    assert out.shape == (2, 23, 17, 2)
+    np.testing.assert_array_equal(out[..., 0], images[..., 0])  # the grey levels themselves pass through
+    for index in range(2):
+        np.testing.assert_allclose(out[index, ..., 1], brute_force_local_contrast(images[index, ..., 0], 7, 0.04),
+                                   atol=1e-4)
+
+
+def test_local_contrast_ignores_the_brightness_of_the_surroundings():
+    # The same textured nucleus-sized patch on a pale and on a dark background (a lone cell vs a clump):
+    # grey levels differ by 0.4 everywhere, local contrast does not.
+    patch = np.random.default_rng(4).random((32, 32)).astype("float32") * 0.3
+    pale, dark = (patch + 0.6)[None, ..., None], (patch + 0.2)[None, ..., None]
+    layer = LocalContrast(9)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(pale))[..., 1],
+                               keras.ops.convert_to_numpy(layer(dark))[..., 1], atol=1e-4)
+
+
+def test_local_contrast_keeps_flat_background_quiet():
+    # min_std: grey-level noise of ±0.005 on an empty slide must not be blown up to unit contrast.
+    noise = np.random.default_rng(5).uniform(-0.005, 0.005, (1, 40, 40, 1)).astype("float32")
+    contrast = keras.ops.convert_to_numpy(LocalContrast(9, min_std=0.04)(0.9 + noise))[..., 1]
+    assert np.abs(contrast).max() < 0.25
+
+
+@pytest.mark.parametrize("window", [0, 2, 8])
+def test_local_contrast_rejects_windows_that_are_not_odd(window):
+    with pytest.raises(ValueError, match=r"\[model\] local_contrast"):
+        LocalContrast(window)
+
+
+def test_local_contrast_model_doubles_the_input_channels_and_runs_in_float32_under_mixed_precision():
+    images = np.random.default_rng(6).random((1, 64, 64, 1)).astype("float32")
+    plain = tiny_model()
+    model = tiny_model(local_contrast=15)
+    assert model.get_layer("enc0_conv1").kernel.shape[2] == 2  # grey + its local contrast
+    assert model.count_params() == plain.count_params() + 7 * 7 * 4  # one more input channel of the 7×7 conv
+    expected = keras.ops.convert_to_numpy(model.get_layer("local_contrast")(images))
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        layer = LocalContrast(15)
+        assert layer.compute_dtype == "float32"  # bfloat16 would wreck E[x²] − E[x]²
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(images)), expected, atol=1e-5)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_local_contrast_model_survives_a_whole_model_save_and_load(tmp_path):
+    model = tiny_model(local_contrast=15)
+    images = np.random.default_rng(7).random((1, 64, 64, 1)).astype("float32")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("local_contrast").window == 15
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)

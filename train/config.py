@@ -157,6 +157,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "show_summary": Key(_as_bool, False),
         # Ours: the network works at 1/downsample resolution (see train/model.py).
         "downsample": Key(_as_int, 1, check=_positive),
+        # Ours: 0 = off, else the odd box width (pixels) of the local-contrast input channel (train/model.py).
+        "local_contrast": Key(_as_int, 0, check=lambda v: None if v == 0 or (v >= 3 and v % 2) else
+                              "0 (off) or an odd window of at least 3 pixels"),
     },
     "dataset": {
         "class_name": Key(_as_str, "ImageCategorizedMaskDataset"),

@@ -112,7 +112,8 @@ def build_model(config: Config, image_size: tuple[int | None, int | None] | None
     return build_flexunet(height, width, m.image_channels, m.num_classes, base_filters=m.base_filters,
                           base_kernels=m.base_kernels, num_layers=m.num_layers, dropout_rate=m.dropout_rate,
                           dilation=m.dilation, normalization=m.normalization, activation=m.activation,
-                          final_activation=final, downsample=m.downsample)
+                          final_activation=final, downsample=m.downsample,
+                          local_contrast=m.local_contrast)
 
 
 def compile_model(model, config: Config) -> None:

@@ -12,6 +12,9 @@ class logits are bilinearly up-sampled d× before the final activation, so the m
 H×W probabilities (tiling, stitching and metrics are unchanged). EDF nuclei are 20–30 px wide, so d = 2 still
 resolves them while each step costs about a quarter and a crop sees four times the area.
 
+With local_contrast = w > 0 each input channel is joined by its local contrast over a w×w box (LocalContrast),
+computed before anything else, so train, evaluate and infer all see it.
+
 Level i has base_filters·2^i filters, kernel sizes base_kernels − 2i (floor 3) and dilation rates dilation − i
 (floor 1); a decoder level uses the same values as the encoder level it joins. With the reference config
 (512×512×3, 2 classes, 16 filters, 9×9 kernels, 8 levels) this is the reference's 124,996,866-parameter model.
@@ -20,7 +23,7 @@ Level i has base_filters·2^i filters, kernel sizes base_kernels − 2i (floor 3
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 MIN_KERNEL = 3
 MIN_DILATION = 1
@@ -75,6 +78,50 @@ def check_architecture(
         )
 
 
+@keras.saving.register_keras_serializable(package="edf")
+class LocalContrast(layers.Layer):
+    """Append, per input channel, its local contrast: (x − local mean) / max(local std, min_std) over a
+    window×window box.
+
+    Why: a nucleus inside a dark cell clump can be brighter than a lone nucleus' cytoplasm, so absolute grey
+    levels mislead; relative to its surroundings it is still the darkest part. Box sums near the image edge
+    count only pixels inside the image (the sums are divided by the box sum of ones), so a tile's border is
+    normalised by what the tile holds. Runs in float32 whatever the mixed-precision policy: E[x²] − E[x]²
+    cancels badly in 16 bits. min_std keeps flat background from amplifying noise.
+    """
+
+    def __init__(self, window: int, min_std: float = 0.04, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if window < 3 or window % 2 == 0:
+            raise ValueError(f"[model] local_contrast = {window}: expected an odd window of at least 3 pixels")
+        self.window = window
+        self.min_std = min_std
+
+    def _box_sums(self, stacked, channels: int):
+        # A box filter as two 1-D passes of ones: O(2·window) per pixel instead of O(window²).
+        row = ops.ones((1, self.window, channels, 1), dtype="float32")
+        column = ops.ones((self.window, 1, channels, 1), dtype="float32")
+        return ops.depthwise_conv(ops.depthwise_conv(stacked, row, padding="same"), column, padding="same")
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        channels = x.shape[-1]
+        stacked = ops.concatenate([x, x * x, ops.ones_like(x[..., :1])], axis=-1)
+        sums = self._box_sums(stacked, 2 * channels + 1)
+        count = sums[..., 2 * channels:]
+        mean = sums[..., :channels] / count
+        variance = ops.maximum(sums[..., channels:2 * channels] / count - mean * mean, 0.0)
+        contrast = (x - mean) / ops.maximum(ops.sqrt(variance), self.min_std)
+        return ops.concatenate([x, contrast], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], None if input_shape[-1] is None else 2 * input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "window": self.window, "min_std": self.min_std}
+
+
 def level_kernel_size(base_kernels: tuple[int, int], level: int) -> tuple[int, int]:
     return tuple(max(k - 2 * level, MIN_KERNEL) for k in base_kernels)
 
@@ -98,6 +145,7 @@ def build_flexunet(
     final_activation: str = "softmax",
     input_normalize: bool = False,
     downsample: int = 1,
+    local_contrast: int = 0,
     name: str = "FlexUNet",
 ) -> keras.Model:
     """Build FlexUNet (see the module docstring); the output is (N, H, W, num_classes) in float32.
@@ -128,6 +176,8 @@ def build_flexunet(
 
     inputs = keras.Input((image_height, image_width, image_channels), name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs) if input_normalize else inputs
+    if local_contrast:
+        x = LocalContrast(local_contrast, name="local_contrast")(x)
     if downsample > 1:
         x = layers.AveragePooling2D(downsample, name="downsample")(x)
 
