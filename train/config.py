@@ -257,11 +257,6 @@ class Config:
     def image_size(self) -> tuple[int, int]:
         return self.model.image_height, self.model.image_width
 
-    def values(self) -> dict[str, dict[str, Any]]:
-        """Every typed value, by section (for provenance records)."""
-        return {name: {k: (str(v) if isinstance(v, Path) else v) for k, v in getattr(self, name).__dict__.items()
-                       if not k.startswith("_")} for name in SCHEMA}
-
     def provenance_text(self) -> str:
         """The config file's text with this run's --set overrides appended as repeated sections, so the copy
         kept beside the weights rebuilds the same model (repeated sections merge, later values win). Path
