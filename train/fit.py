@@ -247,7 +247,7 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
         paths = run_paths(config)
         train_ds, valid_ds, _, valid_pairs = datasets(config)
         resuming = _prepare_output(paths, config, overwrite)
-        # Provenance beside the weights, --set overrides included: infer can rebuild the model from it alone.
+        # Provenance beside the weights, --set overrides included: the settings these weights were trained with.
         (paths.model_dir / config.path.name).write_text(config.provenance_text(), encoding="utf-8")
         strategy = make_strategy(t.strategy)
         with strategy.scope():

@@ -98,8 +98,9 @@ class LocalContrast(layers.Layer):
         self.window = window
         self.min_std = min_std
 
-    def _box_sums(self, stacked, channels: int):
+    def _box_sums(self, stacked):
         # A box filter as two 1-D passes of ones: O(2·window) per pixel instead of O(window²).
+        channels = stacked.shape[-1]
         row = ops.ones((1, self.window, channels, 1), dtype="float32")
         column = ops.ones((self.window, 1, channels, 1), dtype="float32")
         return ops.depthwise_conv(ops.depthwise_conv(stacked, row, padding="same"), column, padding="same")
@@ -108,7 +109,7 @@ class LocalContrast(layers.Layer):
         x = ops.cast(inputs, "float32")
         channels = x.shape[-1]
         stacked = ops.concatenate([x, x * x, ops.ones_like(x[..., :1])], axis=-1)
-        sums = self._box_sums(stacked, 2 * channels + 1)
+        sums = self._box_sums(stacked)
         count = sums[..., 2 * channels:]
         mean = sums[..., :channels] / count
         variance = ops.maximum(sums[..., channels:2 * channels] / count - mean * mean, 0.0)
