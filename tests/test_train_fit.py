@@ -295,3 +295,76 @@ def test_evaluate_without_a_model_and_unreadable_config(tmp_path: Path, tiny_dat
     garbage.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     result = invoke("fit", "--config", garbage)
     assert result.exit_code != 0 and "garbage.config" in result.output
+
+
+def test_weight_average_saves_the_mean_of_the_late_epochs_with_the_rate_held(tmp_path: Path, tiny_dataset: Path):
+    import keras
+
+    from train.callbacks import cosine_factor
+    from train.config import load_config
+    from train.fit import build_model, fit, run_paths
+
+    config = load_config(make_run(tmp_path, tiny_dataset, epochs=4),
+                         ["model.normalization=True", "train.lr_schedule=cosine", "train.steps_per_epoch=2",
+                          "train.save_best_only=False", "train.average_weights=0.5"])
+    rates: list[float] = []
+    trainable_at_epoch_end: list[list[np.ndarray]] = []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            rates.append(float(self.model.optimizer.learning_rate.numpy()))
+
+        def on_epoch_end(self, epoch, logs=None):
+            trainable_at_epoch_end.append([w.numpy().copy() for w in self.model.trainable_weights])
+
+    summary = fit(config, verbose=0, extra_callbacks=[Recorder()])
+    # Progress at the epoch ends is 2/8, 4/8, 6/8, 8/8: the last three epochs are averaged.
+    assert summary["averaged_snapshots"] == 3
+    base = config.model.learning_rate
+    np.testing.assert_allclose(rates, [base * cosine_factor(min(step / 8, 0.5)) for step in range(8)], rtol=1e-5)
+
+    saved = build_model(config, (None, None))
+    saved.load_weights(str(run_paths(config).best))
+    expected = [np.mean(snapshots, axis=0) for snapshots in zip(*trainable_at_epoch_end[1:], strict=True)]
+    for got, want, last in zip(saved.trainable_weights, expected, trainable_at_epoch_end[-1], strict=True):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(w, last) for w, last in zip(expected, trainable_at_epoch_end[-1], strict=True))
+
+
+def test_batch_norm_recalibration_ends_at_the_mean_of_the_batch_statistics():
+    import keras
+
+    from train.callbacks import batch_norm_layers, recalibrate_batch_norm
+
+    inner = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.BatchNormalization(momentum=0.9)])
+    model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(2, 1, use_bias=False), inner])
+    model.layers[0].set_weights([np.eye(2, dtype=np.float32)[None, None]])  # identity: the norm sees the input
+    norm = batch_norm_layers(model)[0]
+    assert batch_norm_layers(model) == [norm] and norm is inner.layers[0]
+    rng = np.random.default_rng(3)
+    batches = [(rng.normal(loc, 1.0 + loc, (3, 4, 4, 2)).astype(np.float32), None) for loc in (0.0, 2.0, 5.0)]
+    assert recalibrate_batch_norm(model, batches) == 3
+    np.testing.assert_allclose(norm.moving_mean.numpy(),
+                               np.mean([b.mean(axis=(0, 1, 2)) for b, _ in batches], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(norm.moving_variance.numpy(),
+                               np.mean([b.var(axis=(0, 1, 2)) for b, _ in batches], axis=0), rtol=1e-4)
+    assert norm.momentum == 0.9  # restored
+    before = norm.moving_mean.numpy().copy()
+    assert recalibrate_batch_norm(model, []) == 0
+    np.testing.assert_array_equal(norm.moving_mean.numpy(), before)
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["train.average_weights=0.3", "train.save_best_only=True", "train.steps_per_epoch=2"],
+     "average_weights = 0.3 keeps the average of the run's end, not one best epoch: set save_best_only = False"),
+    (["train.average_weights=0.3", "train.save_best_only=False"],
+     "[train] average_weights = 0.3 needs steps_per_epoch or max_train_seconds"),
+])
+def test_weight_average_settings_that_cannot_work_are_refused(flags, expected, tmp_path: Path, tiny_dataset: Path):
+    from train.config import ConfigError, load_config
+    from train.fit import callbacks_for, run_paths
+
+    config = load_config(make_run(tmp_path, tiny_dataset), flags)
+    with pytest.raises(ConfigError) as caught:
+        callbacks_for(config, run_paths(config), ([], []))
+    assert expected in str(caught.value) and str(config.path) in str(caught.value)

@@ -1,9 +1,10 @@
-"""The callbacks Keras does not have: the reference's epoch-change inference montage, a wall-clock budget, and
-a cosine learning-rate decay that can follow that budget. Everything else (checkpoints, plateau LR reduction,
-early stopping, logs, resume) is Keras' own."""
+"""The callbacks Keras does not have: the reference's epoch-change inference montage, a wall-clock budget, a
+cosine learning-rate decay that can follow that budget, and stochastic weight averaging over the end of the run.
+Everything else (checkpoints, plateau LR reduction, early stopping, logs, resume) is Keras' own."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from pathlib import Path
@@ -70,30 +71,134 @@ def cosine_factor(progress: float, floor: float = 0.01) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def run_progress(steps: int, total_steps: int | None, elapsed: float, seconds: float | None) -> float:
+    """How far the run is, 0 → 1: the larger of steps / ``total_steps`` and elapsed / ``seconds`` (either may be
+    None), so a run with a wall-clock budget is measured by whichever limit will end it first."""
+    by_steps = steps / total_steps if total_steps else 0.0
+    by_time = elapsed / seconds if seconds else 0.0
+    return max(by_steps, by_time)
+
+
 class CosineDecay(keras.callbacks.Callback):
     """Set the learning rate to base·cosine_factor(progress) before every batch.
 
-    Progress is the larger of (optimizer steps / ``total_steps``) and (elapsed / ``seconds``): a run with a
-    wall-clock budget decays within the budget, whichever limit ends it first. Keras' LearningRateScheduler
-    only acts per epoch, and a schedule object baked into the optimizer cannot see the clock.
+    Progress is ``run_progress``: a run with a wall-clock budget decays within the budget, whichever limit ends it
+    first. From progress ``hold_from`` on the factor stays where it is then (the constant learning rate that
+    stochastic weight averaging samples at). Keras' LearningRateScheduler only acts per epoch, and a schedule
+    object baked into the optimizer cannot see the clock.
     """
 
-    def __init__(self, base_learning_rate: float, total_steps: int | None, seconds: float | None = None):
+    def __init__(self, base_learning_rate: float, total_steps: int | None, seconds: float | None = None,
+                 hold_from: float = 1.0):
         super().__init__()
         if not total_steps and not seconds:
             raise ValueError("CosineDecay needs total_steps or seconds")
         self.base = base_learning_rate
         self.total_steps = total_steps
         self.seconds = seconds
+        self.hold_from = hold_from
         self.start = 0.0
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic()
 
     def progress(self) -> float:
-        by_steps = int(self.model.optimizer.iterations.numpy()) / self.total_steps if self.total_steps else 0.0
-        by_time = (time.monotonic() - self.start) / self.seconds if self.seconds else 0.0
-        return max(by_steps, by_time)
+        return run_progress(int(self.model.optimizer.iterations.numpy()), self.total_steps,
+                            time.monotonic() - self.start, self.seconds)
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.model.optimizer.learning_rate.assign(self.base * cosine_factor(self.progress()))
+        factor = cosine_factor(min(self.progress(), self.hold_from))
+        self.model.optimizer.learning_rate.assign(self.base * factor)
+
+
+def batch_norm_layers(layer) -> list:
+    """Every BatchNormalization layer in ``layer``, nested models included."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [layer]
+    return [found for inner in getattr(layer, "layers", []) for found in batch_norm_layers(inner)]
+
+
+def recalibrate_batch_norm(model, batches) -> int:
+    """Recompute every batch-norm layer's moving mean and variance from ``batches`` (images, or (images, masks)).
+
+    Batch i is folded in with momentum 1 − 1/i, so the moving statistics end as the plain mean of the per-batch
+    statistics, whatever they were before (SWA's bn_update). Returns how many batches were used; with none the
+    statistics are untouched.
+    """
+    norms = batch_norm_layers(model)
+    momenta = [layer.momentum for layer in norms]
+    used = 0
+    try:
+        for batch in batches:
+            images = batch[0] if isinstance(batch, tuple | list) else batch
+            used += 1
+            for layer in norms:
+                layer.momentum = 1.0 - 1.0 / used
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+    return used
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """Stochastic weight averaging (Izmailov et al., 2018) over the last ``share`` of the run.
+
+    From progress 1 − share on (``run_progress``, as the cosine decay measures it) the weights are added to a
+    running mean at every epoch end. When training ends the model takes the mean, its batch-norm statistics are
+    recomputed on ``recalibration_batches`` batches of ``recalibration_data`` (the averaged weights produce
+    activations no snapshot produced, so the snapshots' moving statistics do not fit them), and the result is
+    written to ``save_path``, replacing the last epoch's checkpoint. Averaging the weights of a run that keeps
+    moving finds a wider optimum than its last point, which is what generalises to unseen sources (Cha et al.,
+    SWAD, 2021, on leave-one-domain-out benchmarks). A resumed run averages from where it resumed.
+    """
+
+    def __init__(self, share: float, total_steps: int | None, seconds: float | None, recalibration_data=None,
+                 recalibration_batches: int = 32, save_path: Path | None = None, save_weights_only: bool = True):
+        super().__init__()
+        if not 0 < share < 1:
+            raise ValueError(f"WeightAverage share = {share}: expected a value in (0, 1)")
+        if not total_steps and not seconds:
+            raise ValueError("WeightAverage needs total_steps or seconds")
+        self.share = share
+        self.total_steps = total_steps
+        self.seconds = seconds
+        self.recalibration_data = recalibration_data
+        self.recalibration_batches = recalibration_batches
+        self.save_path = save_path
+        self.save_weights_only = save_weights_only
+        self.start = 0.0
+        self.mean: list[np.ndarray] | None = None
+        self.snapshots = 0
+        self.recalibrated_on = 0
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+        self.mean, self.snapshots, self.recalibrated_on = None, 0, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        progress = run_progress(int(self.model.optimizer.iterations.numpy()), self.total_steps,
+                                time.monotonic() - self.start, self.seconds)
+        if progress < 1.0 - self.share:
+            return
+        weights = [np.asarray(w, np.float64) for w in self.model.get_weights()]
+        self.snapshots += 1
+        if self.mean is None:
+            self.mean = weights
+        else:
+            for mean, w in zip(self.mean, weights, strict=True):
+                mean += (w - mean) / self.snapshots
+
+    def on_train_end(self, logs=None):
+        if self.mean is None:
+            return  # the run ended before the averaging window: the last weights stand
+        current = self.model.get_weights()
+        self.model.set_weights([m.astype(w.dtype) for m, w in zip(self.mean, current, strict=True)])
+        if self.recalibration_data is not None and self.recalibration_batches > 0:
+            self.recalibrated_on = recalibrate_batch_norm(
+                self.model, itertools.islice(iter(self.recalibration_data), self.recalibration_batches))
+        if self.save_path is not None:
+            if self.save_weights_only:
+                self.model.save_weights(str(self.save_path))
+            else:
+                self.model.save(str(self.save_path))

@@ -200,6 +200,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "random_scale": Key(_as_float, 0.0, check=lambda v: None if 0 <= v < 1 else "a value in [0, 1)"),
         "foreground_bias": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= 1 else "a value in [0, 1]"),
         "max_train_seconds": Key(lambda v: None if v is None else _as_float(v), None),
+        # Stochastic weight averaging over the last share of the run (0 = off); see train/callbacks.py.
+        "average_weights": Key(_as_float, 0.0, check=_fraction),
     },
     "valid": {
         "images_dir": Key(_as_str, "../../../dataset/Tiled-EDF-Cervical-Cytology/valid/images/", path=True),

@@ -202,13 +202,22 @@ def _prepare_output(paths: RunPaths, config: Config, overwrite: bool) -> bool:
     return resuming
 
 
-def callbacks_for(config: Config, paths: RunPaths, valid_pairs, extra=()):
+def callbacks_for(config: Config, paths: RunPaths, valid_pairs, extra=(), train_ds=None):
     import keras
 
-    from train.callbacks import CosineDecay, EpochMontage, TimeBudget
+    from train.callbacks import CosineDecay, EpochMontage, TimeBudget, WeightAverage
 
     t = config.train
     best = paths.best if t.save_weights_only else paths.best_model
+    total_steps = t.epochs * t.steps_per_epoch if t.steps_per_epoch else None
+    for setting, wanted in (('lr_schedule = "cosine"', t.lr_schedule == "cosine"),
+                            (f"average_weights = {t.average_weights}", t.average_weights > 0)):
+        if wanted and total_steps is None and not t.max_train_seconds:
+            raise ConfigError(f"{config.path}: [train] {setting} needs steps_per_epoch or max_train_seconds to know "
+                              "how long the run is")
+    if t.average_weights > 0 and t.save_best_only:
+        raise ConfigError(f"{config.path}: [train] average_weights = {t.average_weights} keeps the average of the "
+                          "run's end, not one best epoch: set save_best_only = False")
     chosen = [
         keras.callbacks.BackupAndRestore(backup_dir=str(paths.backup), delete_checkpoint=True),
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=t.save_best_only,
@@ -219,17 +228,19 @@ def callbacks_for(config: Config, paths: RunPaths, valid_pairs, extra=()):
         keras.callbacks.TerminateOnNaN(),
     ]
     if t.lr_schedule == "cosine":
-        total_steps = t.epochs * t.steps_per_epoch if t.steps_per_epoch else None
-        if total_steps is None and not t.max_train_seconds:
-            raise ConfigError(f"{config.path}: [train] lr_schedule = \"cosine\" needs steps_per_epoch or "
-                              "max_train_seconds to know how long the run is")
-        chosen.append(CosineDecay(config.model.learning_rate, total_steps, t.max_train_seconds))
+        # With averaging, the rate holds where the cosine is when averaging starts: SWA samples at a constant rate.
+        chosen.append(CosineDecay(config.model.learning_rate, total_steps, t.max_train_seconds,
+                                  hold_from=1.0 - t.average_weights))
     elif t.learning_rate_reducer:
         chosen.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=t.reducer_factor,
                                                         patience=t.reducer_patience, verbose=1))
     if t.epoch_change_infer and t.num_infer_images > 0 and valid_pairs[0]:
         chosen.append(EpochMontage(valid_pairs[0][: t.num_infer_images], valid_pairs[1][: t.num_infer_images],
                                    paths.montage_dir, config))
+    if t.average_weights > 0:
+        # After the checkpoint callback, so its on_train_end write of the average is the last word.
+        chosen.append(WeightAverage(t.average_weights, total_steps, t.max_train_seconds, recalibration_data=train_ds,
+                                    save_path=best, save_weights_only=t.save_weights_only))
     if t.max_train_seconds:
         chosen.append(TimeBudget(t.max_train_seconds))
     return [*chosen, *extra]
@@ -256,10 +267,10 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
             compile_model(model, config)
         if config.model.show_summary:
             model.summary()
+        callbacks = callbacks_for(config, paths, valid_pairs, extra_callbacks, train_ds)
         start = time.monotonic()
         model.fit(train_ds, validation_data=valid_ds, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, shuffle=False,
-                  validation_steps=t.validation_steps, callbacks=callbacks_for(config, paths, valid_pairs,
-                                                                               extra_callbacks),
+                  validation_steps=t.validation_steps, callbacks=callbacks,
                   verbose=verbose)
         seconds = time.monotonic() - start
     finally:
@@ -267,7 +278,8 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
     history = write_history(paths)
     return {"resumed": resuming, "epochs": len(history["epoch"]), "seconds": seconds,
             "best_val_loss": min(history.get("val_loss", [float("nan")])), "model_dir": str(paths.model_dir),
-            "eval_dir": str(paths.eval_dir), "strategy": t.strategy, "replicas": strategy.num_replicas_in_sync}
+            "eval_dir": str(paths.eval_dir), "strategy": t.strategy, "replicas": strategy.num_replicas_in_sync,
+            "averaged_snapshots": sum(getattr(c, "snapshots", 0) for c in callbacks)}
 
 
 # ---------------------------------------------------------------------------------------------- records
