@@ -79,7 +79,27 @@ def run_progress(steps: int, total_steps: int | None, elapsed: float, seconds: f
     return max(by_steps, by_time)
 
 
-class CosineDecay(keras.callbacks.Callback):
+class _RunClock(keras.callbacks.Callback):
+    """A callback that knows how far the run is: ``run_progress`` of the optimizer's steps against
+    ``total_steps`` and of the time since training began against ``seconds``."""
+
+    def __init__(self, total_steps: int | None, seconds: float | None):
+        super().__init__()
+        if not total_steps and not seconds:
+            raise ValueError(f"{type(self).__name__} needs total_steps or seconds")
+        self.total_steps = total_steps
+        self.seconds = seconds
+        self.start = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def progress(self) -> float:
+        return run_progress(int(self.model.optimizer.iterations.numpy()), self.total_steps,
+                            time.monotonic() - self.start, self.seconds)
+
+
+class CosineDecay(_RunClock):
     """Set the learning rate to base·cosine_factor(progress) before every batch.
 
     Progress is ``run_progress``: a run with a wall-clock budget decays within the budget, whichever limit ends it
@@ -90,21 +110,9 @@ class CosineDecay(keras.callbacks.Callback):
 
     def __init__(self, base_learning_rate: float, total_steps: int | None, seconds: float | None = None,
                  hold_from: float = 1.0):
-        super().__init__()
-        if not total_steps and not seconds:
-            raise ValueError("CosineDecay needs total_steps or seconds")
+        super().__init__(total_steps, seconds)
         self.base = base_learning_rate
-        self.total_steps = total_steps
-        self.seconds = seconds
         self.hold_from = hold_from
-        self.start = 0.0
-
-    def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
-
-    def progress(self) -> float:
-        return run_progress(int(self.model.optimizer.iterations.numpy()), self.total_steps,
-                            time.monotonic() - self.start, self.seconds)
 
     def on_train_batch_begin(self, batch, logs=None):
         factor = cosine_factor(min(self.progress(), self.hold_from))
@@ -141,7 +149,7 @@ def recalibrate_batch_norm(model, batches) -> int:
     return used
 
 
-class WeightAverage(keras.callbacks.Callback):
+class WeightAverage(_RunClock):
     """Stochastic weight averaging (Izmailov et al., 2018) over the last ``share`` of the run.
 
     From progress 1 − share on (``run_progress``, as the cosine decay measures it) the weights are added to a
@@ -155,31 +163,23 @@ class WeightAverage(keras.callbacks.Callback):
 
     def __init__(self, share: float, total_steps: int | None, seconds: float | None, recalibration_data=None,
                  recalibration_batches: int = 32, save_path: Path | None = None, save_weights_only: bool = True):
-        super().__init__()
+        super().__init__(total_steps, seconds)
         if not 0 < share < 1:
             raise ValueError(f"WeightAverage share = {share}: expected a value in (0, 1)")
-        if not total_steps and not seconds:
-            raise ValueError("WeightAverage needs total_steps or seconds")
         self.share = share
-        self.total_steps = total_steps
-        self.seconds = seconds
         self.recalibration_data = recalibration_data
         self.recalibration_batches = recalibration_batches
         self.save_path = save_path
         self.save_weights_only = save_weights_only
-        self.start = 0.0
         self.mean: list[np.ndarray] | None = None
         self.snapshots = 0
-        self.recalibrated_on = 0
 
     def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
-        self.mean, self.snapshots, self.recalibrated_on = None, 0, 0
+        super().on_train_begin(logs)
+        self.mean, self.snapshots = None, 0
 
     def on_epoch_end(self, epoch, logs=None):
-        progress = run_progress(int(self.model.optimizer.iterations.numpy()), self.total_steps,
-                                time.monotonic() - self.start, self.seconds)
-        if progress < 1.0 - self.share:
+        if self.progress() < 1.0 - self.share:
             return
         weights = [np.asarray(w, np.float64) for w in self.model.get_weights()]
         self.snapshots += 1
@@ -192,10 +192,9 @@ class WeightAverage(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.mean is None:
             return  # the run ended before the averaging window: the last weights stand
-        current = self.model.get_weights()
-        self.model.set_weights([m.astype(w.dtype) for m, w in zip(self.mean, current, strict=True)])
+        self.model.set_weights([m.astype(v.dtype) for m, v in zip(self.mean, self.model.weights, strict=True)])
         if self.recalibration_data is not None and self.recalibration_batches > 0:
-            self.recalibrated_on = recalibrate_batch_norm(
+            recalibrate_batch_norm(
                 self.model, itertools.islice(iter(self.recalibration_data), self.recalibration_batches))
         if self.save_path is not None:
             if self.save_weights_only:

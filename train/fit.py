@@ -250,6 +250,8 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
     """Train; returns a summary (epochs run, best val_loss, seconds, paths)."""
     import keras
 
+    from train.callbacks import WeightAverage
+
     t = config.train
     configure_devices(t.strategy)
     keras.utils.set_random_seed(t.seed)
@@ -279,7 +281,7 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
     return {"resumed": resuming, "epochs": len(history["epoch"]), "seconds": seconds,
             "best_val_loss": min(history.get("val_loss", [float("nan")])), "model_dir": str(paths.model_dir),
             "eval_dir": str(paths.eval_dir), "strategy": t.strategy, "replicas": strategy.num_replicas_in_sync,
-            "averaged_snapshots": sum(getattr(c, "snapshots", 0) for c in callbacks)}
+            "averaged_snapshots": sum(c.snapshots for c in callbacks if isinstance(c, WeightAverage))}
 
 
 # ---------------------------------------------------------------------------------------------- records
