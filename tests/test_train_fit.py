@@ -368,3 +368,30 @@ def test_weight_average_settings_that_cannot_work_are_refused(flags, expected, t
     with pytest.raises(ConfigError) as caught:
         callbacks_for(config, run_paths(config), ([], []))
     assert expected in str(caught.value) and str(config.path) in str(caught.value)
+
+
+def _trained_weights(run: Path, dataset: Path, seed: int) -> list[np.ndarray]:
+    """Weights after a short step-budgeted run with every random training option on."""
+    from train.config import load_config
+    from train.fit import build_model, fit, run_paths
+
+    run.mkdir()
+    config = load_config(make_run(run, dataset, epochs=2),
+                         ["model.normalization=True", "model.loss=dice_ce", "train.steps_per_epoch=3",
+                          f"train.seed={seed}", "train.crop_size=(32,32)", "train.foreground_bias=0.5",
+                          "train.crops_per_tile=2", "train.random_flips=True", "train.random_rotations=True",
+                          "train.random_scale=0.3", "train.lr_schedule=cosine", "train.save_best_only=False",
+                          "train.average_weights=0.5"])
+    fit(config, verbose=0)
+    model = build_model(config, (None, None))
+    model.load_weights(str(run_paths(config).best))
+    return [w.numpy() for w in model.weights]
+
+
+def test_same_seed_and_step_budget_train_identical_weights(tmp_path: Path, tiny_dataset: Path):
+    # Reproducibility holds for step budgets; a wall-clock budget (max_train_seconds) ends wherever the host is.
+    first = _trained_weights(tmp_path / "first", tiny_dataset, seed=11)
+    again = _trained_weights(tmp_path / "again", tiny_dataset, seed=11)
+    other = _trained_weights(tmp_path / "other", tiny_dataset, seed=12)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
