@@ -54,6 +54,7 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[model]\nnum_layers = 3.5\n", "[model] num_layers"),
     ("[model]\nlearning_rate = nan\n", "[model] learning_rate"),
     ("[model]\noptimizer = SGD\n", "[model] optimizer"),
+    ("[model]\nloss = focal\n", "[model] loss"),
     ("[model]\nlocal_contrast = 8\n", "[model] local_contrast"),
     ("[train]\nbatch_size = 0\n", "[train] batch_size"),
     ("[train]\nsave_weights_only = maybe\n", "[train] save_weights_only"),

@@ -28,6 +28,7 @@ from train.metrics import (
     pixel_counts,
     pool_scores,
     score_masks,
+    tversky_ce_loss,
 )
 
 # truth       pred
@@ -161,6 +162,37 @@ def test_dice_ce_loss_by_hand():
     assert LOSSES["dice_ce"] is dice_ce_loss
 
 
+def test_tversky_ce_loss_by_hand():
+    # Same case: TP = 0.5, FP = 3·0.5, FN = 0.5 -> Tversky = (0.5 + 1) / (0.5 + 0.3·1.5 + 0.7·0.5 + 1) = 1.5 / 2.3.
+    y_true = one_hot(square((2, 2), (0, 1), (0, 1))[None])
+    y_pred = soft(np.full((1, 2, 2), 0.5))
+    np.testing.assert_allclose(np.asarray(tversky_ce_loss(y_true, y_pred)), math.log(2) + 1 - 1.5 / 2.3, rtol=1e-5)
+    assert tversky_ce_loss.__name__ == "tversky_ce"
+    assert LOSSES["tversky_ce"] is tversky_ce_loss
+
+
+def test_tversky_ce_is_dice_ce_with_equal_weights_and_charges_misses_more():
+    rng = np.random.default_rng(3)
+    truth = rng.random((2, 16, 16)) < 0.2
+    y_true = one_hot(truth)
+    y_pred = soft(rng.random((2, 16, 16)))
+    # a = b = 0.5 with half the smoothing is exactly the soft Dice term of dice_ce
+    np.testing.assert_allclose(np.asarray(tversky_ce_loss(y_true, y_pred, 0.5, 0.5, smooth=0.5)),
+                               np.asarray(dice_ce_loss(y_true, y_pred)), rtol=1e-5)
+    # One nucleus pixel missed costs more than one background pixel called nucleus (the CE parts are equal).
+    empty = np.zeros((1, 4, 4), bool)
+    one_nucleus = empty.copy()
+    one_nucleus[0, 1, 1] = True
+    certain = np.where(one_nucleus, 0.99, 0.01)
+    missed = certain.copy()
+    missed[0, 1, 1] = 0.01
+    extra = certain.copy()
+    extra[0, 2, 2] = 0.99
+    loss_missed = float(np.mean(np.asarray(tversky_ce_loss(one_hot(one_nucleus), soft(missed)))))
+    loss_extra = float(np.mean(np.asarray(tversky_ce_loss(one_hot(one_nucleus), soft(extra)))))
+    assert loss_missed > loss_extra + 0.05
+
+
 def test_keras_metrics_agree_with_numpy_scores():
     rng = np.random.default_rng(7)
     truth = np.zeros((3, 64, 64), np.uint8)
@@ -194,13 +226,14 @@ def test_keras_metrics_agree_with_numpy_scores():
     assert np.isfinite(np.asarray(dice_ce_loss(y_true, half))).all()
 
 
-def test_compiled_model_logs_our_names_and_reloads(tmp_path):
+@pytest.mark.parametrize("loss", ["dice_ce", "tversky_ce"])
+def test_compiled_model_logs_our_names_and_reloads(tmp_path, loss: str):
     import keras
 
     inputs = keras.Input((8, 8, 3))
     outputs = keras.layers.Conv2D(2, 1, activation="softmax")(inputs)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer="adam", loss=LOSSES["dice_ce"], metrics=list(METRICS.values()))
+    model.compile(optimizer="adam", loss=LOSSES[loss], metrics=list(METRICS.values()))
     rng = np.random.default_rng(0)
     images = rng.random((4, 8, 8, 3)).astype(np.float32)
     masks = one_hot(rng.random((4, 8, 8)) > 0.8)

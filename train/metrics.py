@@ -338,14 +338,45 @@ def dice_ce_loss(y_true, y_pred, smooth: float = 1.0):
 
 dice_ce_loss.__name__ = "dice_ce"  # the name Keras logs and serialises
 
+
+def tversky_ce_loss(y_true, y_pred, false_positive_weight: float = 0.3, false_negative_weight: float = 0.7,
+                    smooth: float = 1.0):
+    """Categorical cross-entropy + (1 − Tversky index of the foreground classes, pooled over the batch).
+
+    The Tversky index TP / (TP + a·FP + b·FN) is the soft Dice when a = b = 0.5; the default b > a charges a
+    missed nucleus pixel more than a spurious one (recall over precision). Measured on the six real-EDF folds it
+    gave fuller outlines but more extra objects and a lower mean nucleus Dice than dice_ce (README).
+    """
+    import keras
+    from keras import ops
+
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    cross_entropy = keras.losses.categorical_crossentropy(y_true, y_pred)
+    true_fg = y_true[..., NUCLEUS_CLASS:]
+    pred_fg = y_pred[..., NUCLEUS_CLASS:]
+    true_positive = ops.sum(true_fg * pred_fg)
+    false_positive = ops.sum((1.0 - true_fg) * pred_fg)
+    false_negative = ops.sum(true_fg * (1.0 - pred_fg))
+    tversky = (true_positive + smooth) / (true_positive + false_positive_weight * false_positive
+                                          + false_negative_weight * false_negative + smooth)
+    return cross_entropy + (1.0 - tversky)
+
+
+tversky_ce_loss.__name__ = "tversky_ce"
+
 METRICS = {
     "dice_coef_multiclass": dice_coef_multiclass,
     "nucleus_dice": nucleus_dice,
     "nucleus_iou": nucleus_iou,
 }
-LOSSES = {"categorical_crossentropy": "categorical_crossentropy", "dice_ce": dice_ce_loss}
+LOSSES = {
+    "categorical_crossentropy": "categorical_crossentropy",
+    "dice_ce": dice_ce_loss,
+    "tversky_ce": tversky_ce_loss,
+}
 
 
 def custom_objects() -> dict:
     """What ``keras.models.load_model`` needs to rebuild a model compiled with these metrics and losses."""
-    return {**METRICS, "dice_ce": dice_ce_loss, "dice_ce_loss": dice_ce_loss}
+    return {**METRICS, "dice_ce": dice_ce_loss, "dice_ce_loss": dice_ce_loss, "tversky_ce": tversky_ce_loss}
