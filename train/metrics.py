@@ -318,20 +318,27 @@ def nucleus_iou(y_true, y_pred):
     return ops.where(union > 0, tp / ops.maximum(union, 1.0), 1.0)
 
 
-def dice_ce_loss(y_true, y_pred, smooth: float = 1.0):
-    """Categorical cross-entropy per pixel + (1 − soft Dice of the foreground classes ≥ 1, pooled over the batch).
-
-    The Dice term ignores background, so it keeps pulling on the few nucleus pixels that cross-entropy averages
-    away; smooth keeps it defined (and near 0 loss) on nucleus-free batches.
-    """
+def _cross_entropy_and_foreground(y_true, y_pred):
+    """Per-pixel categorical cross-entropy and the foreground (class ≥ 1) channels of truth and prediction, in
+    float32 (mixed precision hands the losses float16/bfloat16 predictions)."""
     import keras
     from keras import ops
 
     y_true = ops.cast(y_true, "float32")
     y_pred = ops.cast(y_pred, "float32")
     cross_entropy = keras.losses.categorical_crossentropy(y_true, y_pred)
-    true_fg = y_true[..., NUCLEUS_CLASS:]
-    pred_fg = y_pred[..., NUCLEUS_CLASS:]
+    return cross_entropy, y_true[..., NUCLEUS_CLASS:], y_pred[..., NUCLEUS_CLASS:]
+
+
+def dice_ce_loss(y_true, y_pred, smooth: float = 1.0):
+    """Categorical cross-entropy per pixel + (1 − soft Dice of the foreground classes ≥ 1, pooled over the batch).
+
+    The Dice term ignores background, so it keeps pulling on the few nucleus pixels that cross-entropy averages
+    away; smooth keeps it defined (and near 0 loss) on nucleus-free batches.
+    """
+    from keras import ops
+
+    cross_entropy, true_fg, pred_fg = _cross_entropy_and_foreground(y_true, y_pred)
     soft_dice = (2.0 * ops.sum(true_fg * pred_fg) + smooth) / (ops.sum(true_fg) + ops.sum(pred_fg) + smooth)
     return cross_entropy + (1.0 - soft_dice)
 
@@ -347,14 +354,9 @@ def tversky_ce_loss(y_true, y_pred, false_positive_weight: float = 0.3, false_ne
     missed nucleus pixel more than a spurious one (recall over precision). Measured on the six real-EDF folds it
     gave fuller outlines but more extra objects and a lower mean nucleus Dice than dice_ce (README).
     """
-    import keras
     from keras import ops
 
-    y_true = ops.cast(y_true, "float32")
-    y_pred = ops.cast(y_pred, "float32")
-    cross_entropy = keras.losses.categorical_crossentropy(y_true, y_pred)
-    true_fg = y_true[..., NUCLEUS_CLASS:]
-    pred_fg = y_pred[..., NUCLEUS_CLASS:]
+    cross_entropy, true_fg, pred_fg = _cross_entropy_and_foreground(y_true, y_pred)
     true_positive = ops.sum(true_fg * pred_fg)
     false_positive = ops.sum((1.0 - true_fg) * pred_fg)
     false_negative = ops.sum(true_fg * (1.0 - pred_fg))
@@ -379,4 +381,5 @@ LOSSES = {
 
 def custom_objects() -> dict:
     """What ``keras.models.load_model`` needs to rebuild a model compiled with these metrics and losses."""
-    return {**METRICS, "dice_ce": dice_ce_loss, "dice_ce_loss": dice_ce_loss, "tversky_ce": tversky_ce_loss}
+    custom_losses = {name: loss for name, loss in LOSSES.items() if callable(loss)}
+    return {**METRICS, **custom_losses, "dice_ce_loss": dice_ce_loss}  # and under its function name
