@@ -16,8 +16,10 @@ sources but the one it is scored on.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
 
@@ -27,7 +29,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import click  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_real import VALID_ON, bench_real, run_options  # noqa: E402
+from bench_real import DEFAULT_PREP_FLAGS, VALID_ON, bench_real, run_options  # noqa: E402
 from make_folds import make_folds  # noqa: E402
 
 FOLD_MEANS = ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1", "outline_dice")
@@ -91,12 +93,13 @@ def overlay_panels(out: Path, folds: list[dict]) -> list[tuple[str, np.ndarray]]
 
 
 def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: list[str], infer_flags: list[str],
-                synth: int, valid_on: str = VALID_ON[0], echo=click.echo) -> dict:
+                synth: int, valid_on: str = VALID_ON[0], echo=click.echo,
+                prep_flags: Sequence[str] = DEFAULT_PREP_FLAGS) -> dict:
     summaries = []
     for fold in make_folds(tiles, out / "folds", folds):
         fold_dir = out / "folds" / f"fold{fold['fold']}"
         summary = bench_real(fold_dir / "train", fold_dir / "test", out / f"fold{fold['fold']}", config,
-                             overrides, infer_flags, synth=synth, valid_on=valid_on)
+                             overrides, infer_flags, synth=synth, valid_on=valid_on, prep_flags=prep_flags)
         summaries.append({**fold, **summary})
         echo(fold_line(summaries[-1]))
     panels = overlay_panels(out, summaries)
@@ -113,14 +116,14 @@ def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: lis
 @click.option("--out", type=click.Path(path_type=Path), help="Keep every fold's run here (default: a temp folder).")
 @run_options  # bench-real's own options, applied to every fold
 def main(tiles: Path, folds: int, out: Path | None, config: Path, overrides, infer_flags: str, synth: int,
-         valid_on: str) -> None:
+         valid_on: str, prep_flags: str) -> None:
     """Cross-validate bench-real over leave-sources-out folds of TILES."""
     if out is not None and out.exists() and any(out.iterdir()):
         raise click.BadParameter(f"{out} is not empty; give a new folder", param_hint="--out")
     try:
         with tempfile.TemporaryDirectory(prefix="bench-folds-") as scratch:
             summary = bench_folds(tiles, out or Path(scratch), folds, config, list(overrides), infer_flags.split(),
-                                  synth, valid_on)
+                                  synth, valid_on, prep_flags=shlex.split(prep_flags))
     except ValueError as err:  # e.g. fewer sources than folds, or a tile name without a source id
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(summary))

@@ -121,6 +121,9 @@ def cli() -> None:
               callback=_centers, help="Barrel/pincushion centres 'x,y;x,y;…' as fractions of the tile.")
 @click.option("--pincushion-amounts", default="-0.3", show_default=True, callback=_float_list,
               help="Pincushion amounts (< 0), one tile per amount and centre ('' for none).")
+@click.option("--fade-factors", default="", show_default=True, callback=_float_list,
+              help="Pale-nucleus copies: every nucleus's contrast to its surroundings times each factor in "
+                   "(0, 1), one tile per factor ('' for none; not in the reference).")
 @click.option("--no-augment", is_flag=True, help="Write original tiles only.")
 @click.option("--workers", type=int, default=lambda: os.cpu_count() or 1, show_default="all cores",
               help="Processes; sources are processed in parallel.")
@@ -134,7 +137,7 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
                 tile_size: int, skip_empty: bool, split_text: str, augment_splits: str, seed: int,
                 hflip: bool, vflip: bool, rotations, elastic_alpha: float, elastic_sigmas,
                 distortion_sizes, distortion_sigma: float, barrel_radius: float, barrel_amounts,
-                barrel_centers, pincushion_amounts, no_augment: bool, workers: int, png_compression: int,
+                barrel_centers, pincushion_amounts, fade_factors, no_augment: bool, workers: int, png_compression: int,
                 mat_image_key: str | None, mat_mask_key: str | None, overwrite: bool, progress: bool) -> None:
     """Tile EDF images (and their nucleus GT) into train/valid/test, split by source image."""
     from tqdm import tqdm
@@ -159,6 +162,8 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
         raise click.BadParameter("barrel amounts must be > 0 (pincushion is < 0)", param_hint="--barrel-amounts")
     if any(a >= 0 for a in pincushion_amounts):
         raise click.BadParameter("pincushion amounts must be < 0", param_hint="--pincushion-amounts")
+    if any(not 0 < f < 1 for f in fade_factors):
+        raise click.BadParameter("every factor must be in (0, 1)", param_hint="--fade-factors")
     try:
         ratios = parse_ratios(split_text)
     except ValueError as err:
@@ -174,7 +179,7 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
         elastic_sigmas=elastic_sigmas, distortion_sizes=distortion_sizes, distortion_sigma=distortion_sigma,
         barrel_radius=barrel_radius, barrel_amounts=barrel_amounts,
         barrel_centers=barrel_centers if barrel_amounts or pincushion_amounts else (),
-        pincushion_amounts=pincushion_amounts,
+        pincushion_amounts=pincushion_amounts, fade_factors=fade_factors,
     )
     if (barrel_amounts or pincushion_amounts) and not barrel_centers and not no_augment:
         raise click.BadParameter("no centres given for barrel/pincushion", param_hint="--barrel-centers")

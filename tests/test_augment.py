@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -8,6 +9,7 @@ from prep.augment import (
     barrel_map,
     barrel_map_naive,
     elastic_map,
+    fade_nuclei,
     parse_centers,
     parse_floats,
     plan,
@@ -174,3 +176,59 @@ def test_barrel_on_the_disc_box_equals_remapping_the_whole_tile(tile, kind):
         boxed_image, boxed_mask = apply(spec, image, mask)
         np.testing.assert_array_equal(boxed_image, whole_image)
         np.testing.assert_array_equal(boxed_mask, whole_mask)
+
+
+def _flat_field_with_nucleus(background: int = 200, nucleus: int = 100):
+    image = np.full((96, 96, 3), background, np.uint8)
+    mask = np.zeros((96, 96), np.uint8)
+    cv2.circle(mask, (48, 48), 12, 255, -1)
+    image[mask > 0] = nucleus
+    return image, mask
+
+
+@pytest.mark.parametrize("factor", [0.3, 0.5, 0.8])
+def test_fading_scales_the_nucleus_contrast_and_leaves_the_rest(factor):
+    image, mask = _flat_field_with_nucleus()
+    faded = fade_nuclei(image, mask, factor)
+    inside = faded[:, :, 0][mask > 0].astype(float)
+    # contrast 100 against the 200 around it becomes factor·100
+    assert np.allclose(200 - inside, factor * 100, atol=2.5)  # inpainting estimates the 200 within a level or two
+    far = cv2.dilate(mask, np.ones((9, 9), np.uint8)) == 0
+    assert np.array_equal(faded[far], image[far])
+    assert faded.dtype == np.uint8 and faded.shape == image.shape
+
+
+def test_fading_keeps_texture_and_follows_the_local_surroundings():
+    """A nucleus on a dark clump fades towards the clump, not towards the bright background."""
+    image, mask = _flat_field_with_nucleus(background=220)
+    cv2.circle(image, (48, 48), 30, (130, 130, 130), -1)  # clump
+    texture = (np.indices((96, 96)).sum(axis=0) % 2 * 20).astype(np.uint8)
+    image[mask > 0] = (60 + texture[mask > 0])[:, None]
+    faded = fade_nuclei(image, mask, 0.5)[:, :, 0].astype(float)
+    inside = faded[mask > 0]
+    assert abs(inside.mean() - (130 - 0.5 * (130 - 70))) < 3  # halfway to the clump's 130, not to 220
+    # the chequer's 20-level swing survives at half amplitude
+    assert 7 < inside[texture[mask > 0] > 0].mean() - inside[texture[mask > 0] == 0].mean() < 13
+
+
+def test_fade_plans_one_tile_per_factor_and_leaves_the_mask(tile):
+    specs = plan(AugOptions(fade_factors=(0.3, 0.6)))
+    fades = [s for s in specs if s.kind == "fade"]
+    assert [s.prefix for s in fades] == ["faded_0.3", "faded_0.6"]
+    assert all(s.kind != "fade" for s in SPECS)  # off by default: the reference has no such copies
+    image, mask = tile
+    faded, same_mask = apply(fades[0], image, mask)
+    assert np.array_equal(same_mask, mask)
+    assert faded[:, :, 0][mask > 0].mean() > image[:, :, 0][mask > 0].mean() + 10
+
+
+@pytest.mark.parametrize("factor", [0.0, 1.0, -0.2, 1.5])
+def test_fade_factor_outside_zero_one_is_refused(factor):
+    image, mask = _flat_field_with_nucleus()
+    with pytest.raises(ValueError, match="fade factor"):
+        fade_nuclei(image, mask, factor)
+
+
+def test_fading_a_tile_without_nuclei_changes_nothing():
+    image, _ = _flat_field_with_nucleus()
+    assert np.array_equal(fade_nuclei(image, np.zeros((96, 96), np.uint8), 0.5), image)

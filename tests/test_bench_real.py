@@ -64,6 +64,7 @@ def test_tiny_bench_real_reports_scores_on_the_held_out_images(tmp_path: Path):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["train_seconds"] > 0 and summary["epochs"] == 2 and summary["test_images"] == 2
     assert len(summary["train_sources"]) == 4 and summary["valid_sources"] == []  # every real source trains
+    assert list((tmp_path / "out" / "dataset" / "train" / "images").glob("faded_*"))  # pale copies by default
     assert summary["nucleus_dice"] == pytest.approx(sum(summary["per_image_dice"].values()) / 2, abs=1e-3)
     json.dumps(summary)  # the bench prints it as its last line
 
@@ -93,12 +94,30 @@ def test_synthetic_fields_join_training_and_one_more_is_the_validation_split(tmp
 def test_valid_on_real_holds_real_sources_out_of_training(tmp_path: Path):
     train_edf, test_edf, config = tiny_bench_inputs(tmp_path, train_count=5)
     out = tmp_path / "out"
-    summary = bench_real(train_edf, test_edf, out, config, ["train.epochs=1"], [], valid_on="real")
+    summary = bench_real(train_edf, test_edf, out, config, ["train.epochs=1"], [], valid_on="real", prep_flags=())
+    assert not list((out / "dataset").rglob("faded_*"))  # no extra prep flags: the reference's set alone
     assert summary["valid_on"] == "real" and len(summary["valid_sources"]) == 1 and len(summary["train_sources"]) == 4
     assert set(summary["train_sources"]).isdisjoint(summary["valid_sources"])
     assert not (out / "synth-dataset").exists()  # no synthetic field is made when neither split needs one
     with pytest.raises(ValueError, match="valid_on"):
         bench_real(train_edf, test_edf, tmp_path / "bad", config, [], [], valid_on="test")
+
+
+def test_prep_flags_augment_the_real_tiles_only(tmp_path: Path):
+    train_edf, test_edf, config = tiny_bench_inputs(tmp_path, train_count=3)
+    out = tmp_path / "out"
+    summary = bench_real(train_edf, test_edf, out, config, ["train.epochs=1"], [], synth=1,
+                         prep_flags=["--fade-factors", "0.4"])
+    assert summary["prep_flags"] == "--fade-factors 0.4"
+    real_tiles = [p.name for p in (out / "dataset" / "train" / "images").glob("*.png")]
+    faded = [name for name in real_tiles if name.startswith("faded_0.4_")]
+    flipped = [name for name in real_tiles if name.startswith("hflipped_")]
+    assert faded and len(faded) == len(flipped)  # one pale copy of every original tile, like each flip
+    assert not [p for p in (out / "synth-dataset").rglob("*.png") if p.name.startswith("faded_")]
+    kinds = [a["kind"] for a in json.loads((out / "dataset" / "prep.json").read_text())["settings"]["augmentations"]]
+    assert kinds.count("fade") == 1
+    with pytest.raises(SystemExit, match="--fade-factors"):
+        bench_real(train_edf, test_edf, tmp_path / "bad", config, [], [], prep_flags=["--fade-factors", "2"])
 
 
 def test_source_ids_come_from_the_reference_names():

@@ -166,6 +166,8 @@ BAD_INPUTS = {
     "barrel amount nan": (lambda f: f, ["--barrel-amounts", "nan"], "--barrel-amounts"),
     "barrel centre nan": (lambda f: f, ["--barrel-centers", "0.3,nan"], "--barrel-centers"),
     "pincushion nan": (lambda f: f, ["--pincushion-amounts", "nan"], "--pincushion-amounts"),
+    "fade factor one": (lambda f: f, ["--fade-factors", "0.5,1"], "--fade-factors"),
+    "fade factor nan": (lambda f: f, ["--fade-factors", "nan"], "--fade-factors"),
     "test augmented": (lambda f: f, ["--augment-splits", "train,test"], "--augment-splits"),
     "unknown exclude": (lambda f: f, ["--exclude", "EDF042"], "--exclude EDF042"),
 }
