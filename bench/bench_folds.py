@@ -16,7 +16,6 @@ sources but the one it is scored on.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -116,14 +115,14 @@ def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: lis
 @click.option("--out", type=click.Path(path_type=Path), help="Keep every fold's run here (default: a temp folder).")
 @run_options  # bench-real's own options, applied to every fold
 def main(tiles: Path, folds: int, out: Path | None, config: Path, overrides, infer_flags: str, synth: int,
-         valid_on: str, prep_flags: str) -> None:
+         valid_on: str, prep_flags: list[str]) -> None:
     """Cross-validate bench-real over leave-sources-out folds of TILES."""
     if out is not None and out.exists() and any(out.iterdir()):
         raise click.BadParameter(f"{out} is not empty; give a new folder", param_hint="--out")
     try:
         with tempfile.TemporaryDirectory(prefix="bench-folds-") as scratch:
             summary = bench_folds(tiles, out or Path(scratch), folds, config, list(overrides), infer_flags.split(),
-                                  synth, valid_on, prep_flags=shlex.split(prep_flags))
+                                  synth, valid_on, prep_flags=prep_flags)
     except ValueError as err:  # e.g. fewer sources than folds, or a tile name without a source id
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(summary))

@@ -164,6 +164,13 @@ def summarise(out: Path, train_seconds: float) -> dict:
     }
 
 
+def _split_flags(_ctx, param, text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as err:  # an unclosed quote
+        raise click.BadParameter(f"{text!r}: {err}", param=param) from None
+
+
 def run_options(command):
     """The options of one bench-real run (config, overrides, infer flags, synthetic fields), shared by bench-folds."""
     options = [
@@ -179,6 +186,7 @@ def run_options(command):
                           "every TRAIN_EDF source trains; real = a fifth of TRAIN_EDF's sources, held out of "
                           "training."),
         click.option("--prep-flags", default=shlex.join(DEFAULT_PREP_FLAGS), show_default=True,
+                     callback=_split_flags,
                      help="Extra flags for `prep run` on TRAIN_EDF's real images (augmentations; '' for the "
                           "reference's set alone); the synthetic fields stay unaugmented."),
     ]
@@ -193,12 +201,11 @@ def run_options(command):
 @click.option("--out", type=click.Path(path_type=Path), help="Keep everything here (default: a temp folder).")
 @run_options
 def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, overrides, infer_flags: str,
-         synth: int, valid_on: str, prep_flags: str) -> None:
+         synth: int, valid_on: str, prep_flags: list[str]) -> None:
     """Train on TRAIN_EDF's sources, score stitched predictions of TEST_EDF's images."""
     with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
         summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
-                             infer_flags.split(), synth=synth, valid_on=valid_on,
-                             prep_flags=shlex.split(prep_flags))
+                             infer_flags.split(), synth=synth, valid_on=valid_on, prep_flags=prep_flags)
     click.echo(json.dumps(summary))
 
 
