@@ -172,7 +172,9 @@ def _split_flags(_ctx, param, text: str) -> list[str]:
 
 
 def run_options(command):
-    """The options of one bench-real run (config, overrides, infer flags, synthetic fields), shared by bench-folds."""
+    """The options of one bench-real run (config, overrides, infer and prep flags, synthetic fields).
+
+    Shared by bench-folds."""
     options = [
         click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      default=REPO / "configs" / "bench_cpu.config", show_default=True),
@@ -187,8 +189,9 @@ def run_options(command):
                           "training."),
         click.option("--prep-flags", default=shlex.join(DEFAULT_PREP_FLAGS), show_default=True,
                      callback=_split_flags,
-                     help="Extra flags for `prep run` on TRAIN_EDF's real images (augmentations; '' for the "
-                          "reference's set alone); the synthetic fields stay unaugmented."),
+                     help="Extra flags for `prep run` on TRAIN_EDF's real images (augmentations beyond the "
+                          "reference's, e.g. '--fade-factors 0.3,0.45,0.6'); the synthetic fields stay "
+                          "unaugmented."),
     ]
     for option in reversed(options):  # decorators apply bottom-up; keep --help in this order
         command = option(command)
