@@ -60,6 +60,7 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[train]\nsave_weights_only = maybe\n", "[train] save_weights_only"),
     ("[train]\nrandom_scale = 1.5\n", "[train] random_scale"),
     ("[train]\nintensity_jitter = -0.1\n", "[train] intensity_jitter"),
+    ("[train]\nrandom_blur = 5\n", "[train] random_blur"),
     ("[train]\naverage_weights = 1.0\n", "[train] average_weights"),
     ("[mask]\nrgb_map = {(0,0,0):0,(255,255):1}\n", "[mask] rgb_map"),
     ("[mask]\nrgb_map = {(0,0,0):0,(255,255,255):2}\n", "num_classes"),

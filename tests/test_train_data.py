@@ -207,6 +207,42 @@ def test_intensity_jitter_changes_grey_levels_monotonically_and_leaves_the_mask(
         make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), intensity_jitter=1.5)
 
 
+def test_random_blur_softens_windows_and_leaves_the_mask(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path))  # noisy tiles: every window has detail to lose
+    options = {"batch_size": 4, "crop_size": (32, 32), "seed": 5, "crops_per_tile": 2}
+    plain_images, plain_masks = first_batch(make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), **options))
+    blurred, blurred_masks = first_batch(
+        make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), random_blur=2.0, **options))
+    np.testing.assert_array_equal(blurred_masks, plain_masks)  # same windows, mask untouched
+    assert blurred.min() >= 0.0 and blurred.max() <= 1.0
+
+    def roughness(batch: np.ndarray) -> np.ndarray:  # mean |difference| between neighbouring pixels, per window
+        return np.abs(np.diff(batch, axis=1)).mean(axis=(1, 2, 3)) + np.abs(np.diff(batch, axis=2)).mean(axis=(1, 2, 3))
+
+    assert np.all(roughness(blurred) <= roughness(plain_images) + 1e-6)
+    assert roughness(blurred).sum() < 0.9 * roughness(plain_images).sum()
+    # A normalised kernel with reflected borders keeps each window's mean grey level.
+    np.testing.assert_allclose(blurred.mean(axis=(1, 2)), plain_images.mean(axis=(1, 2)), atol=0.02)
+    again, _ = first_batch(make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), random_blur=2.0, **options))
+    np.testing.assert_array_equal(again, blurred)  # seeded: the same blur each time
+    with pytest.raises(DataError, match=r"\[train\] random_blur = 5"):
+        make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), random_blur=5.0)
+    with pytest.raises(DataError, match=r"\[train\] random_blur = 3.0: windows of 8×8 are too small"):
+        make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), crop_size=(8, 8), random_blur=3.0)
+
+
+def test_gaussian_blur_matches_opencv_per_window():
+    from train.data import _gaussian_blur
+
+    windows = np.random.default_rng(0).random((3, 40, 40, 2)).astype(np.float32)
+    blurred = _gaussian_blur(tf.constant(windows), tf.constant([0.0, 1.0, 2.5]), 3.0).numpy()
+    np.testing.assert_array_equal(blurred[0], windows[0])  # sigma 0: untouched
+    for k, sigma in ((1, 1.0), (2, 2.5)):
+        for c in range(2):
+            expected = cv2.GaussianBlur(windows[k, :, :, c], (19, 19), sigma, borderType=cv2.BORDER_REFLECT_101)
+            np.testing.assert_allclose(blurred[k, :, :, c], expected, atol=1e-4)
+
+
 def test_random_scale_zooms_windows_with_the_mask_following(tmp_path: Path):
     images, masks, pattern = write_position_tiles(tmp_path)
     dataset = make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), batch_size=4, crop_size=(16, 16),

@@ -199,6 +199,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "save_best_only": Key(_as_bool, True),
         "intensity_jitter": Key(_as_float, 0.0, check=lambda v: None if 0 <= v < 1 else "a value in [0, 1)"),
         "random_scale": Key(_as_float, 0.0, check=lambda v: None if 0 <= v < 1 else "a value in [0, 1)"),
+        "random_blur": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= 4 else "a value in [0, 4] (pixels)"),
         "foreground_bias": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= 1 else "a value in [0, 1]"),
         "max_train_seconds": Key(lambda v: None if v is None else _as_float(v), None),
         # Stochastic weight averaging over the last share of the run (0 = off); see train/callbacks.py.

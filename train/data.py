@@ -7,6 +7,7 @@ from ``seed``: one seed gives the same batches on every run.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ TIFF_SUFFIXES = (".tif", ".tiff")  # tf.io.decode_image cannot read TIFF: those 
 SHUFFLE_BUFFER = 256
 PREFLIGHT_FILES = 8
 COLOR_ORDERS = ("RGB", "BGR")
+MAX_BLUR_SIGMA = 4.0  # pixels; a nucleus is 20-30 px wide, so more would erase it
 
 RgbMap = Mapping[tuple[int, int, int], int]
 
@@ -123,6 +125,7 @@ def make_dataset(
     random_rotations: bool = False,
     intensity_jitter: float = 0.0,
     random_scale: float = 0.0,
+    random_blur: float = 0.0,
     autotune: bool | None = None,
 ) -> tf.data.Dataset:
     """Batches of (image float32 (B,H,W,C) in 0..1, one-hot mask float32 (B,H,W,num_classes)).
@@ -139,6 +142,9 @@ def make_dataset(
     ``random_scale`` = s > 0 zooms each window by a factor drawn log-uniformly in [1/(1+s), 1+s] (a window of
     crop/factor pixels, resized to the crop: bilinear for the image, nearest for the mask): nucleus size differs
     between sources and slide preparations, and a model trained on a few sources must not learn one size.
+    ``random_blur`` = b > 0 blurs each window with a Gaussian of standard deviation drawn uniformly in [0, b] pixels
+    (borders reflected; the mask is untouched): an EDF image is sharp only where its focus stack found a plane, and
+    nuclei inside thick clumps come out soft and pale, unlike most annotated training nuclei.
     ``seed=None`` gives unseeded randomness and lets parallel
     decoding return elements out of order. ``autotune`` (default: only where a GPU is visible) lets tf.data tune
     its parallelism and buffers while it runs; it never changes the batches.
@@ -152,6 +158,11 @@ def make_dataset(
         raise DataError(f"[train] intensity_jitter = {intensity_jitter}: expected a value in [0, 1)")
     if not 0.0 <= random_scale < 1.0:
         raise DataError(f"[train] random_scale = {random_scale}: expected a value in [0, 1)")
+    if not 0.0 <= random_blur <= MAX_BLUR_SIGMA:
+        raise DataError(f"[train] random_blur = {random_blur}: expected a value in [0, {MAX_BLUR_SIGMA:g}] (pixels)")
+    if random_blur > 0 and min(window) <= math.ceil(3 * random_blur):
+        raise DataError(f"[train] random_blur = {random_blur}: windows of {_hw(window)} are too small to blur "
+                        f"(need more than {math.ceil(3 * random_blur)} px a side)")
     if random_scale > 0 and crop_size is None:
         raise DataError("[train] random_scale: needs a crop_size (the zoomed window is cut from the tile)")
     image_paths, mask_paths = [str(path) for path in image_paths], [str(path) for path in mask_paths]
@@ -183,9 +194,12 @@ def make_dataset(
 
     def windows_of_tile(image: tf.Tensor, labels: tf.Tensor, draw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         # One stateless draw per window k: (foreground?, which pixel, window y, window x, flip v, flip h, quarter
-        # turns, gamma, contrast, brightness, zoom).
+        # turns, gamma, contrast, brightness, zoom[, blur]). The blur draw exists only when blurring, so every other
+        # configuration keeps the windows it always had.
+        draws_per_window = 12 if random_blur > 0 else 11
         uniforms = tf.stack([
-            tf.random.stateless_uniform([11], seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
+            tf.random.stateless_uniform([draws_per_window],
+                                        seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
             for k in range(crops_per_tile)
         ])
         zoomed = random_scale > 0
@@ -210,6 +224,8 @@ def make_dataset(
             images = tf.reverse(images, axis=[-1])
         height, width = crop_size or image_size
         images = tf.cast(images, tf.float32) / 255.0
+        if random_blur > 0:
+            images = _gaussian_blur(images, random_blur * uniforms[:, 11], random_blur)
         if intensity_jitter > 0:
             images = _jitter_intensity(images, uniforms[:, 7:10], intensity_jitter)
         images = tf.ensure_shape(images, (crops_per_tile, height, width, image_channels))
@@ -408,6 +424,26 @@ def _jitter_intensity(images: tf.Tensor, uniforms: tf.Tensor, jitter: float) -> 
     mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
     images = (images - mean) * (1.0 + jitter * signed[..., 1]) + mean + 0.25 * jitter * signed[..., 2]
     return tf.clip_by_value(images, 0.0, 1.0)
+
+
+def _gaussian_blur(images: tf.Tensor, sigmas: tf.Tensor, max_sigma: float) -> tf.Tensor:
+    """Each of (K, h, w, C) images blurred by a Gaussian of its own standard deviation ``sigmas[k]`` (pixels; 0
+    leaves it unchanged), borders reflected. The K·C planes become the channels of one depthwise convolution, so
+    K different kernels cost one separable pass."""
+    radius = max(1, math.ceil(3 * max_sigma))
+    shape = tf.shape(images)
+    count, channels = shape[0], shape[3]
+    planes = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, shape[1], shape[2], count * channels])
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    # sigma -> 0 gives exp(-inf) = 0 off centre: the identity kernel, no special case.
+    weights = tf.exp(-0.5 * tf.square(offsets[None, :] / tf.maximum(sigmas[:, None], 1e-3)))
+    weights = weights / tf.reduce_sum(weights, axis=1, keepdims=True)  # (K, 2r+1)
+    weights = tf.reshape(tf.repeat(weights, channels, axis=0), [count * channels, 2 * radius + 1])
+    kernel = tf.transpose(weights)[:, None, :, None]  # (2r+1, 1, K·C, 1): down the rows
+    planes = tf.pad(planes, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    planes = tf.nn.depthwise_conv2d(planes, kernel, [1, 1, 1, 1], "VALID")
+    planes = tf.nn.depthwise_conv2d(planes, tf.transpose(kernel, [1, 0, 2, 3]), [1, 1, 1, 1], "VALID")
+    return tf.transpose(tf.reshape(planes, [shape[1], shape[2], count, channels]), [2, 0, 1, 3])
 
 
 def _pick(uniform: tf.Tensor, low: tf.Tensor | int, high: tf.Tensor | int) -> tf.Tensor:

@@ -155,7 +155,7 @@ def training_dataset_options(config: Config) -> dict:
     return {**tile_dataset_options(config), "batch_size": t.batch_size, "shuffle": True, "seed": t.seed,
             "crop_size": t.crop_size, "random_flips": t.random_flips, "foreground_bias": t.foreground_bias,
             "random_rotations": t.random_rotations, "intensity_jitter": t.intensity_jitter,
-            "random_scale": t.random_scale,
+            "random_scale": t.random_scale, "random_blur": t.random_blur,
             "crops_per_tile": t.crops_per_tile, "repeat": t.steps_per_epoch is not None}
 
 
