@@ -130,18 +130,20 @@ def test_fit_evaluate_summary_write_every_artifact(tmp_path: Path, tiny_dataset:
     assert summary.exit_code == 0 and "total parameters:" in summary.output
 
 
-def test_tversky_ce_trains_saves_a_whole_model_and_evaluates_under_its_name(tmp_path: Path, tiny_dataset: Path):
+@pytest.mark.parametrize("loss", ["tversky_ce", "dice_hard_ce"])
+def test_custom_loss_trains_saves_a_whole_model_and_evaluates_under_its_name(tmp_path: Path, tiny_dataset: Path,
+                                                                             loss: str):
     config = make_run(tmp_path, tiny_dataset, epochs=1)
-    fitted = invoke("fit", "--config", config, "--set", "model.loss=tversky_ce",
+    fitted = invoke("fit", "--config", config, "--set", f"model.loss={loss}",
                     "--set", "train.save_weights_only=False")
     assert fitted.exit_code == 0, fitted.output
     losses = read_rows(tmp_path / "eval" / "train_losses.csv")
     assert np.isfinite(float(losses[1][1]))
     # The whole saved model (not just weights) reloads and is scored with the configured loss, by name.
-    evaluated = invoke("evaluate", "--config", config, "--set", "model.loss=tversky_ce",
+    evaluated = invoke("evaluate", "--config", config, "--set", f"model.loss={loss}",
                        "--set", "train.save_weights_only=False")
     assert evaluated.exit_code == 0, evaluated.output
-    assert read_rows(tmp_path / "evaluation.csv")[0][0] == "tversky_ce"
+    assert read_rows(tmp_path / "evaluation.csv")[0][0] == loss
 
 
 def test_reduce_lr_on_plateau_gets_the_configured_values(tmp_path: Path, tiny_dataset: Path):

@@ -19,6 +19,7 @@ from train.metrics import (
     SCORE_KEYS,
     custom_objects,
     dice_ce_loss,
+    dice_hard_ce_loss,
     dice_coef_multiclass,
     dice_from_counts,
     iou_from_counts,
@@ -169,6 +170,27 @@ def test_tversky_ce_loss_by_hand():
     np.testing.assert_allclose(np.asarray(tversky_ce_loss(y_true, y_pred)), math.log(2) + 1 - 1.5 / 2.3, rtol=1e-5)
     assert tversky_ce_loss.__name__ == "tversky_ce"
     assert LOSSES["tversky_ce"] is tversky_ce_loss
+
+
+def test_dice_hard_ce_averages_the_worst_tenth_of_the_pixels():
+    rng = np.random.default_rng(4)
+    truth = rng.random((2, 16, 16)) < 0.2
+    probabilities = rng.random((2, 16, 16))
+    y_true, y_pred = one_hot(truth), soft(probabilities)
+    cross_entropy = -np.log(np.where(truth, probabilities, 1 - probabilities)).ravel()
+    worst = np.sort(cross_entropy)[-51:]  # a tenth of 512 pixels, rounded down
+    dice = (2 * np.sum(truth * probabilities) + 1) / (truth.sum() + probabilities.sum() + 1)
+    np.testing.assert_allclose(float(dice_hard_ce_loss(y_true, y_pred)), worst.mean() + 1 - dice, rtol=1e-5)
+    # Its Dice term is dice_ce's: the two differ only by hard minus plain mean cross-entropy.
+    plain = float(np.mean(np.asarray(dice_ce_loss(y_true, y_pred))))
+    np.testing.assert_allclose(float(dice_hard_ce_loss(y_true, y_pred)) - plain, worst.mean() - cross_entropy.mean(),
+                               rtol=1e-5)
+    # Getting the easy pixels right changes nothing; fixing a hard one does.
+    easier = np.where(np.abs(probabilities - truth) < 0.3, truth * 0.98 + 0.01, probabilities)
+    assert float(dice_hard_ce_loss(y_true, soft(easier))) == pytest.approx(
+        worst.mean() + 1 - (2 * np.sum(truth * easier) + 1) / (truth.sum() + easier.sum() + 1), rel=1e-5)
+    assert dice_hard_ce_loss.__name__ == "dice_hard_ce"
+    assert LOSSES["dice_hard_ce"] is dice_hard_ce_loss
 
 
 def test_tversky_ce_is_dice_ce_with_equal_weights_and_charges_misses_more():

@@ -151,7 +151,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "learning_rate": Key(_as_float, 7e-5, check=_positive),
         "clipvalue": Key(lambda v: None if v is None else _as_float(v), 0.4),
         "loss": Key(_as_str, "categorical_crossentropy",
-                    check=_one_of("categorical_crossentropy", "dice_ce", "tversky_ce")),
+                    check=_one_of("categorical_crossentropy", "dice_ce", "tversky_ce", "dice_hard_ce")),
         "metrics": Key(_as_str_list, ["dice_coef_multiclass"]),
         "activation": Key(_as_str, "relu"),
         "final_activation": Key(_as_str, "softmax"),
