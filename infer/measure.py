@@ -26,6 +26,7 @@ MEASUREMENT_COLUMNS = (
     "eccentricity",
     "solidity",
     "mean_intensity",
+    "mean_probability",
 )
 
 _DILATE_3X3 = np.ones((3, 3), np.uint8)
@@ -257,18 +258,25 @@ def _perimeter_and_hull_area(inside: np.ndarray) -> tuple[float, int]:
     return float(perimeter), hull_pixels
 
 
-def measure_nuclei(labels: np.ndarray, image: np.ndarray) -> list[dict]:
+def measure_nuclei(labels: np.ndarray, image: np.ndarray, probability: np.ndarray | None = None) -> list[dict]:
     """One dict per nucleus label (keys MEASUREMENT_COLUMNS), ordered by label id; [] when there is none.
 
     Centroids in px (row, column); eccentricity from the second central moments as skimage's regionprops
     (0 for a disc, towards 1 for a line); solidity = area / pixel area of the convex hull; mean intensity is the
     mean grey level (mean over channels for colour) of ``image`` (HxW or HxWxC, any bit depth) under the nucleus.
+    mean_probability is the mean of ``probability`` (HxW: floats in 0..1, or uint8 0..255 read as k/255) under the
+    nucleus, the model's confidence in it; NaN without a probability map.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"expected HxW integer labels, got {labels.dtype} {labels.shape}")
     if np.asarray(image).shape[:2] != labels.shape:
         raise ValueError(f"image shape {np.asarray(image).shape} does not match the labels' {labels.shape}")
+    if probability is not None:
+        probability = np.asarray(probability)
+        if probability.shape != labels.shape:
+            raise ValueError(f"probability shape {probability.shape} does not match the labels' {labels.shape}")
+        scale = 1 / 255 if probability.dtype == np.uint8 else 1.0
     if labels.size == 0 or labels.min() < 0:
         if labels.size and labels.min() < 0:
             raise ValueError("labels must be non-negative (0 = background)")
@@ -279,7 +287,7 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray) -> list[dict]:
 
     # Raw moments summed band by band: memory stays bounded by the band, even when a (bad) prediction makes
     # half of an 8192² image one object. Central moments follow from them (float64: exact enough here).
-    sums = np.zeros((7, size))  # n, Σy, Σx, Σy², Σx², Σxy, Σgrey
+    sums = np.zeros((8, size))  # n, Σy, Σx, Σy², Σx², Σxy, Σgrey, Σprobability
     width = labels.shape[1]
     for y0 in range(0, labels.shape[0], MOMENT_BAND_ROWS):
         band = labels[y0 : y0 + MOMENT_BAND_ROWS]
@@ -293,11 +301,15 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray) -> list[dict]:
         grey = _grey_values(np.asarray(image)[y0 : y0 + MOMENT_BAND_ROWS], flat_index, band.shape)
         for k, weights in enumerate((None, rows, cols, rows * rows, cols * cols, rows * cols, grey)):
             sums[k] += np.bincount(ids, weights, size)
+        if probability is not None:
+            values = probability[y0 : y0 + MOMENT_BAND_ROWS].reshape(-1)[flat_index].astype(np.float64)
+            sums[7] += np.bincount(ids, values * scale, size)
     area = sums[0].astype(np.int64)
     present = np.flatnonzero(area[1:]) + 1
     count = np.maximum(sums[0], 1.0)
     centroid_y, centroid_x = sums[1] / count, sums[2] / count
     mean_intensity = sums[6] / count
+    mean_probability = sums[7] / count if probability is not None else np.full(size, np.nan)
     var_y = np.maximum(sums[3] / count - centroid_y**2, 0.0)
     var_x = np.maximum(sums[4] / count - centroid_x**2, 0.0)
     cov_xy = sums[5] / count - centroid_y * centroid_x
@@ -322,6 +334,7 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray) -> list[dict]:
                 "eccentricity": float(eccentricity[label_id]),
                 "solidity": float(area[label_id] / hull_area),
                 "mean_intensity": float(mean_intensity[label_id]),
+                "mean_probability": float(mean_probability[label_id]),
             }
         )
     return nuclei

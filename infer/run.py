@@ -133,9 +133,10 @@ def make_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def predict_probability(image: np.ndarray, predict_batch, tile: int, options: InferOptions,
-                        probability_out=None):
+                        probability_out=None, confidence_out: np.ndarray | None = None):
     """Nucleus mask (bool H×W) by streaming the stitched prediction band by band; the nucleus probability
-    (1 − background) goes into ``probability_out[y0:y1]`` (an array, or an NpyRowWriter) when given."""
+    (1 − background) goes into ``probability_out[y0:y1]`` (an array, or an NpyRowWriter) when given, and rounded
+    to k/255 into ``confidence_out`` (uint8 H×W: a quarter of float32's memory, enough for per-nucleus means)."""
     from infer.stitch import stream_predict
 
     height, width = image.shape[:2]
@@ -146,6 +147,8 @@ def predict_probability(image: np.ndarray, predict_batch, tile: int, options: In
         mask[y0:y1] = (nucleus > options.threshold) if band.shape[2] == 2 else band.argmax(axis=2) >= 1
         if probability_out is not None:
             probability_out[y0:y1] = nucleus
+        if confidence_out is not None:
+            confidence_out[y0:y1] = np.rint(np.clip(nucleus, 0.0, 1.0) * 255)
     return mask, probability_out
 
 
@@ -226,7 +229,9 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
                 probability = NpyRowWriter(temp / "probabilities" / f"{path.stem}.npy", (height, width))
             tiles_mode = options.mode == "tiles" and (height, width) == (tile, tile)
             tile_options = InferOptions(**{**options.__dict__, "overlap": 0.0}) if tiles_mode else options
-            mask, probability = predict_probability(image, predict_batch, tile, tile_options, probability)
+            confidence = np.zeros((height, width), np.uint8)
+            mask, probability = predict_probability(image, predict_batch, tile, tile_options, probability,
+                                                    confidence)
             if probability is not None:
                 probability.close()
             mask = clean_mask(mask, options.min_area, options.fill_holes, options.exclude_border,
@@ -244,7 +249,7 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
                         raise InferError(f"{truth_path}: size {truth.shape[1]}×{truth.shape[0]} differs from "
                                          f"{path.name} ({width}×{height})")
                     result.scores.append({"file": path.name, **score_masks(truth, mask)})
-            for nucleus in measure_nuclei(labels, rgb):
+            for nucleus in measure_nuclei(labels, rgb, confidence):
                 nuclei_rows.append({"image": path.name, **nucleus})
             # Last use of the image: draw on it rather than on a copy (peak memory on large scans).
             write_png(temp / "overlays" / f"{path.stem}.png", draw_overlay(rgb, labels, truth=truth, in_place=True))

@@ -99,6 +99,19 @@ def test_outputs_match_input_sizes_and_ground_truth_is_scored(project: Path, tmp
     assert "nucleus Dice" in result.output
     header = (out / "nuclei.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["image", "id", "centroid_y"] and "solidity" in header
+    # Each nucleus's confidence is the mean saved probability under it (kept to k/255), above the threshold.
+    from infer.measure import label_nuclei
+
+    nuclei = read_csv(out / "nuclei.csv")
+    assert nuclei  # the checks below compare something
+    for height, width in SIZES:
+        name = f"EDF{height}x{width}"
+        labels = label_nuclei(cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_GRAYSCALE) > 0)
+        probability = np.load(out / "probabilities" / f"{name}.npy")
+        for nucleus in (n for n in nuclei if n["image"] == f"{name}.png"):
+            inside = probability[labels == int(nucleus["id"])]
+            assert float(nucleus["mean_probability"]) == pytest.approx(inside.mean(), abs=1 / 255)
+            assert float(nucleus["mean_probability"]) > 0.5
 
 
 def test_exclude_border_drops_exactly_the_nuclei_cut_by_the_edge(project: Path, tmp_path: Path):

@@ -104,6 +104,27 @@ def test_rows_follow_label_ids_and_columns():
     assert (nuclei[1]["centroid_y"], nuclei[1]["centroid_x"]) == (3.5, 3.5)
 
 
+def test_mean_probability_is_the_mean_confidence_under_each_nucleus():
+    labels = np.zeros((30, 30), np.int32)
+    labels[2:6, 2:6] = 1
+    labels[20:25, 20:28] = 2
+    probability = np.zeros((30, 30), np.float32)
+    probability[2:6, 2:6] = 0.9
+    probability[20:25, 20:24] = 0.6
+    probability[20:25, 24:28] = 1.0
+    probability[10:15, 10:15] = 0.99  # outside every nucleus: must not count
+    image = np.zeros((30, 30), np.uint8)
+    first, second = measure_nuclei(labels, image, probability)
+    assert first["mean_probability"] == pytest.approx(0.9) and second["mean_probability"] == pytest.approx(0.8)
+    # The uint8 map infer keeps (k/255) gives the same means to within its rounding.
+    quantized = np.rint(probability * 255).astype(np.uint8)
+    assert [n["mean_probability"] for n in measure_nuclei(labels, image, quantized)] == pytest.approx(
+        [0.9, 0.8], abs=1 / 255)
+    assert all(np.isnan(n["mean_probability"]) for n in measure_nuclei(labels, image))
+    with pytest.raises(ValueError, match="probability shape"):
+        measure_nuclei(labels, image, probability[:, :29])
+
+
 def test_empty_mask():
     empty = np.zeros((32, 48), bool)
     labels = label_nuclei(empty, split_touching=True)
@@ -310,9 +331,10 @@ def test_moments_summed_in_bands_match_one_pass(monkeypatch):
                     int(rng.integers(3, 9))), float(rng.integers(0, 180)), 0, 360, 1, -1)
     labels = measure.label_nuclei(mask > 0)
     image = rng.integers(0, 255, (90, 70, 3), dtype=np.uint8)
-    whole = measure.measure_nuclei(labels, image)
+    probability = rng.random((90, 70)).astype(np.float32)
+    whole = measure.measure_nuclei(labels, image, probability)
     monkeypatch.setattr(measure, "MOMENT_BAND_ROWS", 7)  # objects straddle many band borders
-    banded = measure.measure_nuclei(labels, image)
+    banded = measure.measure_nuclei(labels, image, probability)
     assert len(whole) == len(banded) > 3
     for a, b in zip(whole, banded, strict=True):
         assert a.keys() == b.keys()
