@@ -381,8 +381,11 @@ def dice_hard_ce_loss(y_true, y_pred, smooth: float = 1.0):
 
     cross_entropy, true_fg, pred_fg = _cross_entropy_and_foreground(y_true, y_pred)
     pixels = ops.reshape(cross_entropy, [-1])
-    count = ops.cast(ops.shape(pixels)[0], "float32")
-    hardest, _ = ops.top_k(pixels, ops.cast(ops.maximum(1.0, ops.floor(HARD_PIXEL_SHARE * count)), "int32"))
+    if pixels.shape[0] is not None:  # a static k where the shape is known (JAX needs one)
+        k = max(1, int(HARD_PIXEL_SHARE * pixels.shape[0]))
+    else:
+        k = ops.cast(ops.maximum(1.0, ops.floor(HARD_PIXEL_SHARE * ops.cast(ops.shape(pixels)[0], "float32"))), "int32")
+    hardest, _ = ops.top_k(pixels, k)
     soft_dice = (2.0 * ops.sum(true_fg * pred_fg) + smooth) / (ops.sum(true_fg) + ops.sum(pred_fg) + smooth)
     return ops.mean(hardest) + (1.0 - soft_dice)
 
