@@ -132,6 +132,8 @@ def _positive_pair(value) -> str | None:
     return None if value is None or min(value) > 0 else "positive sizes"
 
 
+MAX_BLUR_SIGMA = 4.0  # [train] random_blur's bound, in pixels: a nucleus is 20-30 px wide, more would erase it
+
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
         "model": Key(_as_str, "TensorFlowFlexUNet"),
@@ -199,7 +201,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "save_best_only": Key(_as_bool, True),
         "intensity_jitter": Key(_as_float, 0.0, check=lambda v: None if 0 <= v < 1 else "a value in [0, 1)"),
         "random_scale": Key(_as_float, 0.0, check=lambda v: None if 0 <= v < 1 else "a value in [0, 1)"),
-        "random_blur": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= 4 else "a value in [0, 4] (pixels)"),
+        "random_blur": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= MAX_BLUR_SIGMA
+                           else f"a value in [0, {MAX_BLUR_SIGMA:g}] (pixels)"),
         "foreground_bias": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= 1 else "a value in [0, 1]"),
         "max_train_seconds": Key(lambda v: None if v is None else _as_float(v), None),
         # Stochastic weight averaging over the last share of the run (0 = off); see train/callbacks.py.

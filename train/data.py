@@ -16,12 +16,13 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from train.config import MAX_BLUR_SIGMA
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")  # tf.io.decode_image cannot read TIFF: those go through OpenCV
 SHUFFLE_BUFFER = 256
 PREFLIGHT_FILES = 8
 COLOR_ORDERS = ("RGB", "BGR")
-MAX_BLUR_SIGMA = 4.0  # pixels; a nucleus is 20-30 px wide, so more would erase it
 
 RgbMap = Mapping[tuple[int, int, int], int]
 
@@ -160,9 +161,9 @@ def make_dataset(
         raise DataError(f"[train] random_scale = {random_scale}: expected a value in [0, 1)")
     if not 0.0 <= random_blur <= MAX_BLUR_SIGMA:
         raise DataError(f"[train] random_blur = {random_blur}: expected a value in [0, {MAX_BLUR_SIGMA:g}] (pixels)")
-    if random_blur > 0 and min(window) <= math.ceil(3 * random_blur):
+    if random_blur > 0 and min(window) <= _blur_radius(random_blur):
         raise DataError(f"[train] random_blur = {random_blur}: windows of {_hw(window)} are too small to blur "
-                        f"(need more than {math.ceil(3 * random_blur)} px a side)")
+                        f"(need more than {_blur_radius(random_blur)} px a side)")
     if random_scale > 0 and crop_size is None:
         raise DataError("[train] random_scale: needs a crop_size (the zoomed window is cut from the tile)")
     image_paths, mask_paths = [str(path) for path in image_paths], [str(path) for path in mask_paths]
@@ -426,11 +427,16 @@ def _jitter_intensity(images: tf.Tensor, uniforms: tf.Tensor, jitter: float) -> 
     return tf.clip_by_value(images, 0.0, 1.0)
 
 
+def _blur_radius(max_sigma: float) -> int:
+    """Half-width of the Gaussian kernel: 3 standard deviations (reflect padding needs windows wider than it)."""
+    return max(1, math.ceil(3 * max_sigma))
+
+
 def _gaussian_blur(images: tf.Tensor, sigmas: tf.Tensor, max_sigma: float) -> tf.Tensor:
     """Each of (K, h, w, C) images blurred by a Gaussian of its own standard deviation ``sigmas[k]`` (pixels; 0
     leaves it unchanged), borders reflected. The K·C planes become the channels of one depthwise convolution, so
     K different kernels cost one separable pass."""
-    radius = max(1, math.ceil(3 * max_sigma))
+    radius = _blur_radius(max_sigma)
     shape = tf.shape(images)
     count, channels = shape[0], shape[3]
     planes = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, shape[1], shape[2], count * channels])

@@ -330,17 +330,21 @@ def _cross_entropy_and_foreground(y_true, y_pred):
     return cross_entropy, y_true[..., NUCLEUS_CLASS:], y_pred[..., NUCLEUS_CLASS:]
 
 
+def _soft_foreground_dice(true_fg, pred_fg, smooth: float):
+    """Soft Dice of the foreground channels, pooled over the batch (the Dice term of dice_ce and dice_hard_ce)."""
+    from keras import ops
+
+    return (2.0 * ops.sum(true_fg * pred_fg) + smooth) / (ops.sum(true_fg) + ops.sum(pred_fg) + smooth)
+
+
 def dice_ce_loss(y_true, y_pred, smooth: float = 1.0):
     """Categorical cross-entropy per pixel + (1 − soft Dice of the foreground classes ≥ 1, pooled over the batch).
 
     The Dice term ignores background, so it keeps pulling on the few nucleus pixels that cross-entropy averages
     away; smooth keeps it defined (and near 0 loss) on nucleus-free batches.
     """
-    from keras import ops
-
     cross_entropy, true_fg, pred_fg = _cross_entropy_and_foreground(y_true, y_pred)
-    soft_dice = (2.0 * ops.sum(true_fg * pred_fg) + smooth) / (ops.sum(true_fg) + ops.sum(pred_fg) + smooth)
-    return cross_entropy + (1.0 - soft_dice)
+    return cross_entropy + (1.0 - _soft_foreground_dice(true_fg, pred_fg, smooth))
 
 
 dice_ce_loss.__name__ = "dice_ce"  # the name Keras logs and serialises
@@ -386,8 +390,7 @@ def dice_hard_ce_loss(y_true, y_pred, smooth: float = 1.0):
     else:
         k = ops.cast(ops.maximum(1.0, ops.floor(HARD_PIXEL_SHARE * ops.cast(ops.shape(pixels)[0], "float32"))), "int32")
     hardest, _ = ops.top_k(pixels, k)
-    soft_dice = (2.0 * ops.sum(true_fg * pred_fg) + smooth) / (ops.sum(true_fg) + ops.sum(pred_fg) + smooth)
-    return ops.mean(hardest) + (1.0 - soft_dice)
+    return ops.mean(hardest) + (1.0 - _soft_foreground_dice(true_fg, pred_fg, smooth))
 
 
 dice_hard_ce_loss.__name__ = "dice_hard_ce"
