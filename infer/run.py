@@ -122,7 +122,7 @@ def model_input(rgb: np.ndarray, config: Config) -> np.ndarray:
     """uint8 RGB → what the model was trained on: its channel count and colour order (still uint8)."""
     if config.model.image_channels == 1:
         return rgb.mean(axis=2, keepdims=True).round().astype(np.uint8)
-    return rgb[:, :, ::-1] if config.image.color_order.upper() == "BGR" else rgb
+    return rgb[:, :, ::-1] if config.image.color_order == "BGR" else rgb
 
 
 def make_predictor(model) -> Callable[[np.ndarray], np.ndarray]:

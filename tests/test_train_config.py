@@ -55,6 +55,7 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[model]\nlearning_rate = nan\n", "[model] learning_rate"),
     ("[model]\noptimizer = SGD\n", "[model] optimizer"),
     ("[model]\nloss = focal\n", "[model] loss"),
+    ("[model]\nloss = 3\n", "[model] loss = 3: expected one of categorical_crossentropy"),
     ("[model]\nlocal_contrast = 8\n", "[model] local_contrast"),
     ("[train]\nbatch_size = 0\n", "[train] batch_size"),
     ("[train]\nsave_weights_only = maybe\n", "[train] save_weights_only"),
@@ -68,6 +69,15 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str):
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         load_config(write(tmp_path, text))
+
+
+def test_choices_take_any_case_and_come_back_in_one_spelling(tmp_path: Path):
+    # The code compares against one spelling: "Cosine" must mean cosine, not fall through to plateau.
+    config = load_config(write(tmp_path, "[model]\noptimizer = adamw\nloss = Dice_CE\n"
+                                         "[train]\nlr_schedule = Cosine\nstrategy = MIRRORED\n"
+                                         "[image]\ncolor_order = bgr\n"))
+    assert (config.model.optimizer, config.model.loss) == ("AdamW", "dice_ce")
+    assert (config.train.lr_schedule, config.train.strategy, config.image.color_order) == ("cosine", "mirrored", "BGR")
 
 
 def test_config_values_are_never_evaluated(tmp_path: Path):

@@ -193,6 +193,12 @@ def test_dice_hard_ce_averages_the_worst_tenth_of_the_pixels():
     assert LOSSES["dice_hard_ce"] is dice_hard_ce_loss
 
 
+def test_every_loss_the_config_accepts_has_a_function():
+    from train.config import LOSS_NAMES
+
+    assert tuple(LOSSES) == LOSS_NAMES
+
+
 def test_tversky_ce_is_dice_ce_with_equal_weights_and_charges_misses_more():
     rng = np.random.default_rng(3)
     truth = rng.random((2, 16, 16)) < 0.2

@@ -36,7 +36,7 @@ class EpochMontage(keras.callbacks.Callback):
         inputs, truths = (tensor.numpy() for tensor in next(iter(pairs)))
         self.inputs = inputs
         self.truths = np.argmax(truths, axis=-1)
-        bgr = config.image.color_order.upper() == "BGR" and inputs.shape[-1] == 3
+        bgr = config.image.color_order == "BGR" and inputs.shape[-1] == 3
         self.display = np.rint((inputs[..., ::-1] if bgr else inputs) * 255).astype(np.uint8)
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)

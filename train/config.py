@@ -122,16 +122,24 @@ def _fraction(value) -> str | None:
     return None if 0 <= value < 1 else "a value in [0, 1)"
 
 
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    def check(value) -> str | None:
-        return None if value.lower() in {c.lower() for c in choices} else f"one of {', '.join(choices)}"
-    return check
+def _as_choice(*choices: str) -> Callable[[Any], str]:
+    """A parser for one of ``choices``, matched case-insensitively and returned in its canonical spelling, so
+    the code that reads the value compares against one spelling (``Cosine`` must not silently mean plateau)."""
+    canonical = {choice.lower(): choice for choice in choices}
+
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in canonical:
+            raise TypeError(f"one of {', '.join(choices)}")
+        return canonical[value.lower()]
+    return parse
 
 
 def _positive_pair(value) -> str | None:
     return None if value is None or min(value) > 0 else "positive sizes"
 
 
+# [model] loss's choices; train.metrics.LOSSES holds their functions (this module is read without Keras).
+LOSS_NAMES = ("categorical_crossentropy", "dice_ce", "tversky_ce", "dice_hard_ce")
 MAX_BLUR_SIGMA = 4.0  # [train] random_blur's bound, in pixels: a nucleus is 20-30 px wide, more would erase it
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -149,11 +157,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "num_layers": Key(_as_int, 8, check=_positive),
         "dropout_rate": Key(_as_float, 0.02, check=_fraction),
         "dilation": Key(_as_pair, (1, 1), check=_positive_pair),
-        "optimizer": Key(_as_str, "Adam", check=_one_of("Adam", "AdamW")),
+        "optimizer": Key(_as_choice("Adam", "AdamW"), "Adam"),
         "learning_rate": Key(_as_float, 7e-5, check=_positive),
         "clipvalue": Key(lambda v: None if v is None else _as_float(v), 0.4),
-        "loss": Key(_as_str, "categorical_crossentropy",
-                    check=_one_of("categorical_crossentropy", "dice_ce", "tversky_ce", "dice_hard_ce")),
+        "loss": Key(_as_choice(*LOSS_NAMES), "categorical_crossentropy"),
         "metrics": Key(_as_str_list, ["dice_coef_multiclass"]),
         "activation": Key(_as_str, "relu"),
         "final_activation": Key(_as_str, "softmax"),
@@ -189,14 +196,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # Ours, beyond the reference:
         "seed": Key(_as_int, 137),
         "mixed_precision": Key(_as_bool, False),
-        "strategy": Key(_as_str, "default", check=_one_of("default", "mirrored", "multiworker")),
+        "strategy": Key(_as_choice("default", "mirrored", "multiworker"), "default"),
         "crop_size": Key(_as_optional_pair, None, check=_positive_pair),
         "crops_per_tile": Key(_as_int, 1, check=_positive),
         "random_flips": Key(_as_bool, False),
         "random_rotations": Key(_as_bool, False),
         # plateau: the reference's ReduceLROnPlateau (when learning_rate_reducer); cosine: decay to 1 % over the run
         # (epochs × steps_per_epoch, or max_train_seconds if that ends it first).
-        "lr_schedule": Key(_as_str, "plateau", check=_one_of("plateau", "cosine")),
+        "lr_schedule": Key(_as_choice("plateau", "cosine"), "plateau"),
         # False keeps the last epoch's weights (with a decaying LR, usually better than a noisy val_loss's pick).
         "save_best_only": Key(_as_bool, True),
         "intensity_jitter": Key(_as_float, 0.0, check=lambda v: None if 0 <= v < 1 else "a value in [0, 1)"),
@@ -221,7 +228,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "output_dir": Key(_as_str, "./mini_test_output/", path=True),
     },
     "image": {
-        "color_order": Key(_as_str, "RGB", check=_one_of("RGB", "BGR")),
+        "color_order": Key(_as_choice("RGB", "BGR"), "RGB"),
     },
     "mask": {
         "mask_file_format": Key(_as_str, ".png"),

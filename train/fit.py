@@ -125,7 +125,7 @@ def compile_model(model, config: Config) -> None:
     options = {"learning_rate": m.learning_rate}
     if m.clipvalue is not None:
         options["clipvalue"] = m.clipvalue
-    optimizer = (keras.optimizers.AdamW if m.optimizer.lower() == "adamw" else keras.optimizers.Adam)(**options)
+    optimizer = (keras.optimizers.AdamW if m.optimizer == "AdamW" else keras.optimizers.Adam)(**options)
     unknown = [name for name in m.metrics if name not in METRICS]
     if unknown:
         raise ConfigError(f"{config.path}: [model] metrics: unknown {', '.join(unknown)} "
