@@ -302,7 +302,7 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray, probability: np.ndarra
         for k, weights in enumerate((None, rows, cols, rows * rows, cols * cols, rows * cols, grey)):
             sums[k] += np.bincount(ids, weights, size)
         if probability is not None:
-            values = probability[y0 : y0 + MOMENT_BAND_ROWS].reshape(-1)[flat_index].astype(np.float64)
+            values = _grey_values(probability[y0 : y0 + MOMENT_BAND_ROWS], flat_index, band.shape)
             sums[7] += np.bincount(ids, values * scale, size)
     area = sums[0].astype(np.int64)
     present = np.flatnonzero(area[1:]) + 1

@@ -140,6 +140,7 @@ def _positive_pair(value) -> str | None:
 
 # [model] loss's choices; train.metrics.LOSSES holds their functions (this module is read without Keras).
 LOSS_NAMES = ("categorical_crossentropy", "dice_ce", "tversky_ce", "dice_hard_ce")
+COLOR_ORDERS = ("RGB", "BGR")  # [image] color_order's choices; train.data checks its callers against them too
 MAX_BLUR_SIGMA = 4.0  # [train] random_blur's bound, in pixels: a nucleus is 20-30 px wide, more would erase it
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -228,7 +229,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "output_dir": Key(_as_str, "./mini_test_output/", path=True),
     },
     "image": {
-        "color_order": Key(_as_choice("RGB", "BGR"), "RGB"),
+        "color_order": Key(_as_choice(*COLOR_ORDERS), "RGB"),
     },
     "mask": {
         "mask_file_format": Key(_as_str, ".png"),

@@ -16,13 +16,12 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from train.config import MAX_BLUR_SIGMA
+from train.config import COLOR_ORDERS, MAX_BLUR_SIGMA
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")  # tf.io.decode_image cannot read TIFF: those go through OpenCV
 SHUFFLE_BUFFER = 256
 PREFLIGHT_FILES = 8
-COLOR_ORDERS = ("RGB", "BGR")
 
 RgbMap = Mapping[tuple[int, int, int], int]
 
