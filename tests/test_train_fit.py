@@ -384,12 +384,30 @@ def test_weight_average_saves_the_mean_of_the_late_epochs_with_the_rate_held(tmp
     base = config.model.learning_rate
     np.testing.assert_allclose(rates, [base * cosine_factor(min(step / 8, 0.5)) for step in range(8)], rtol=1e-5)
 
+    # The log says which epochs the saved weights are made of; the curves shade them, and plot no "averaged" line.
+    history = json.loads((run_paths(config).eval_dir / "history.json").read_text())
+    assert history["averaged"] == [0, 1, 2, 3]
+    assert "averaged" not in read_rows(run_paths(config).eval_dir / "train_metrics.csv")[0]
+
     saved = build_model(config, (None, None))
     saved.load_weights(str(run_paths(config).best))
     expected = [np.mean(snapshots, axis=0) for snapshots in zip(*trainable_at_epoch_end[1:], strict=True)]
     for got, want in zip(saved.trainable_weights, expected, strict=True):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
     assert any(not np.allclose(w, last) for w, last in zip(expected, trainable_at_epoch_end[-1], strict=True))
+
+
+@pytest.mark.parametrize(("marks", "expected"), [
+    ([], []),                                   # no averaging: the log has no mark
+    ([0, 0, 1, 2, 3], [3, 4, 5]),
+    ([0, 1, 2, 0, 1, 2], [5, 6]),               # killed at epoch 3 and resumed: the mean started again
+    ([0, 1, 2, 0, 0, 0], []),                   # resumed, and the resumed part never reached its window
+])
+def test_averaged_epochs_are_read_from_the_log_marks(marks, expected):
+    from train.fit import averaged_epochs
+
+    history = {"epoch": list(range(1, len(marks) + 1)), "averaged": marks} if marks else {"epoch": [1, 2, 3]}
+    assert averaged_epochs(history) == expected
 
 
 def test_batch_norm_recalibration_ends_at_the_mean_of_the_batch_statistics():

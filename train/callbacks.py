@@ -13,6 +13,8 @@ import cv2
 import keras
 import numpy as np
 
+from train.fit import AVERAGED_KEY
+
 
 def montage_row(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """image | ground truth | prediction, side by side, as uint8 RGB with thin white separators."""
@@ -159,6 +161,10 @@ class WeightAverage(_RunClock):
     written to ``save_path``, replacing the last epoch's checkpoint. Averaging the weights of a run that keeps
     moving finds a wider optimum than its last point, which is what generalises to unseen sources (Cha et al.,
     SWAD, 2021, on leave-one-domain-out benchmarks). A resumed run averages from where it resumed.
+
+    Each epoch's logs get ``averaged``: how many snapshots the mean holds after that epoch (0 before the window;
+    it starts again at 1 after a resume), so the per-epoch log and the curves show which epochs the saved weights
+    are made of. It must come before the CSV logger in the callback list for that.
     """
 
     def __init__(self, share: float, total_steps: int | None, seconds: float | None, recalibration_data=None,
@@ -179,15 +185,16 @@ class WeightAverage(_RunClock):
         self.mean, self.snapshots = None, 0
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.progress() < 1.0 - self.share:
-            return
-        weights = [np.asarray(w, np.float64) for w in self.model.get_weights()]
-        self.snapshots += 1
-        if self.mean is None:
-            self.mean = weights
-        else:
-            for mean, w in zip(self.mean, weights, strict=True):
-                mean += (w - mean) / self.snapshots
+        if self.progress() >= 1.0 - self.share:
+            weights = [np.asarray(w, np.float64) for w in self.model.get_weights()]
+            self.snapshots += 1
+            if self.mean is None:
+                self.mean = weights
+            else:
+                for mean, w in zip(self.mean, weights, strict=True):
+                    mean += (w - mean) / self.snapshots
+        if logs is not None:
+            logs[AVERAGED_KEY] = float(self.snapshots if self.mean is not None else 0)
 
     def on_train_end(self, logs=None):
         if self.mean is None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from train.config import Config, ConfigError
 
+# The per-epoch log's mark of the epochs train.callbacks.WeightAverage averaged (records need no Keras).
+AVERAGED_KEY = "averaged"
 BEST_WEIGHTS = "best.weights.h5"
 BEST_MODEL = "best.keras"
 LOG_NAME = "train_log.csv"
@@ -218,11 +220,19 @@ def callbacks_for(config: Config, paths: RunPaths, valid_pairs, extra=(), train_
     if t.average_weights > 0 and t.save_best_only:
         raise ConfigError(f"{config.path}: [train] average_weights = {t.average_weights} keeps the average of the "
                           "run's end, not one best epoch: set save_best_only = False")
+    averaging = []
+    if t.average_weights > 0:
+        # Before the CSV logger, which then records each epoch's "averaged" mark; its on_train_end write of the
+        # average comes after every epoch-end checkpoint, so the average is what stays in `best`.
+        averaging.append(WeightAverage(t.average_weights, total_steps, t.max_train_seconds,
+                                       recalibration_data=train_ds, save_path=best,
+                                       save_weights_only=t.save_weights_only))
     chosen = [
         keras.callbacks.BackupAndRestore(backup_dir=str(paths.backup), delete_checkpoint=True),
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=t.save_best_only,
                                         save_weights_only=t.save_weights_only),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.patience, restore_best_weights=False),
+        *averaging,
         keras.callbacks.CSVLogger(str(paths.log), append=True),
         keras.callbacks.TensorBoard(log_dir=str(paths.model_dir / "logs")),
         keras.callbacks.TerminateOnNaN(),
@@ -237,10 +247,6 @@ def callbacks_for(config: Config, paths: RunPaths, valid_pairs, extra=(), train_
     if t.epoch_change_infer and t.num_infer_images > 0 and valid_pairs[0]:
         chosen.append(EpochMontage(valid_pairs[0][: t.num_infer_images], valid_pairs[1][: t.num_infer_images],
                                    paths.montage_dir, config))
-    if t.average_weights > 0:
-        # After the checkpoint callback, so its on_train_end write of the average is the last word.
-        chosen.append(WeightAverage(t.average_weights, total_steps, t.max_train_seconds, recalibration_data=train_ds,
-                                    save_path=best, save_weights_only=t.save_weights_only))
     if t.max_train_seconds:
         chosen.append(TimeBudget(t.max_train_seconds))
     return [*chosen, *extra]
@@ -304,6 +310,18 @@ def _write_columns(path: Path, history: dict[str, list[float]], names: list[str]
             writer.writerow([epoch, *(f"{history[n][i]:.6g}" for n in names)])
 
 
+def averaged_epochs(history: dict[str, list[float]]) -> list[int]:
+    """The epochs whose weights are averaged into the saved model; none when the run did not average.
+
+    The log's mark counts the snapshots in the mean; a resumed run starts its mean again, so only the epochs
+    from the last count of 1 on are in it."""
+    marks = history.get(AVERAGED_KEY, [])
+    starts = [i for i, count in enumerate(marks) if count == 1]
+    if not starts or not all(marks[starts[-1]:]):
+        return []  # never averaged, or a resumed run ended before its window: the last weights were kept
+    return history["epoch"][starts[-1]:]
+
+
 def _plot(path: Path, history: dict[str, list[float]], names: list[str], title: str) -> None:
     import matplotlib
 
@@ -311,6 +329,11 @@ def _plot(path: Path, history: dict[str, list[float]], names: list[str], title: 
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4))
+    averaged = averaged_epochs(history)
+    if averaged:
+        # The curves are the run's own weights; the saved model is the mean over this span.
+        axis.axvspan(averaged[0] - 0.5, averaged[-1] + 0.5, color="tab:green", alpha=0.12,
+                     label=f"averaged into the saved weights ({len(averaged)} epochs)")
     for name in names:
         axis.plot(history["epoch"], history[name], marker="o", markersize=3, label=name,
                   linestyle="--" if name.startswith("val_") else "-")
@@ -329,7 +352,7 @@ def write_history(paths: RunPaths) -> dict[str, list[float]]:
         raise TrainError(f"{paths.log}: no epoch finished, nothing to record")
     history = read_log(paths.log)
     losses = [n for n in history if n in ("loss", "val_loss")]
-    metrics = [n for n in history if n not in ("epoch", "loss", "val_loss", "learning_rate", "lr")]
+    metrics = [n for n in history if n not in ("epoch", "loss", "val_loss", "learning_rate", "lr", AVERAGED_KEY)]
     _write_columns(paths.eval_dir / "train_metrics.csv", history, metrics)
     _write_columns(paths.eval_dir / "train_losses.csv", history, losses)
     _plot(paths.eval_dir / "train_metrics.png", history, metrics, "metrics per epoch")
