@@ -25,7 +25,7 @@ INFER_FLAGS ?=
 overwrite_flag = $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite,)
 workers_flag   = $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-gpu bench-real bench-folds train evaluate summary infer clean
+.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-gpu bench-real bench-folds bench-runs train evaluate summary infer clean
 
 help:
 	@echo "make demo      set up, make the synthetic sample, prepare tiles, train demo_cpu, evaluate"
@@ -42,6 +42,7 @@ help:
 	@echo "make bench-gpu   reference model on a GPU, float32 vs mixed float16/bfloat16 (last line: JSON)"
 	@echo "make bench-real TRAIN_EDF=DIR TEST_EDF=DIR  train ≤15 min on CPU, score unseen images (last line: JSON)"
 	@echo "make bench-folds [TILES=DIR] [FOLDS=6]  bench-real on every leave-sources-out fold, per fold + mean (JSON)"
+	@echo "make bench-runs  every recorded six-fold run (bench/results/loso_runs.csv): mean and spread per variant"
 	@echo "make lint      ruff"
 
 setup: $(STAMP)
@@ -138,6 +139,10 @@ bench-folds: $(STAMP)
 	$(BIN)/python bench/bench_folds.py --tiles $(or $(TILES),../shared/data/edf-real/tiles) \
 		$(if $(FOLDS),--folds $(FOLDS),) $(if $(OUT),--out $(OUT),) $(if $(SYNTH),--synth $(SYNTH),) \
 		$(if $(VALID_ON),--valid-on $(VALID_ON),) $(if $(PREP_FLAGS),--prep-flags '$(PREP_FLAGS)',)
+
+# The recorded six-fold runs, summed up per variant (no training: reads bench/results/loso_runs.csv).
+bench-runs: $(STAMP)
+	$(BIN)/python bench/loso_runs.py
 
 # Default: the full-size source images of DATASET's test split, scored against their GT; or INPUT=file|dir [GT=dir].
 infer: $(STAMP)

@@ -7,8 +7,8 @@ group of sources out), runs `bench_real` on each in turn (its ≤ 15-minute CPU 
 take about 1.5 hours), prints one line per fold as it finishes, and as its last line one JSON object:
 `nucleus_dice` etc. are means over the folds (each fold weighs the same, however many tiles its sources
 have), `nucleus_dice_images` the mean over every held-out image, and `folds` holds each fold's summary.
-With --out, `overlays.png` there shows every held-out image (ground truth green, prediction red) with its
-fold and Dice: red alone is an extra object, green alone a missed nucleus.
+With --out, `summary.json` there holds that object and `overlays.png` shows every held-out image (ground truth
+green, prediction red) with its fold and Dice: red alone is an extra object, green alone a missed nucleus.
 The default --folds 6 on the reference's 6 sources is leave-one-source-out: every model trains on all
 sources but the one it is scored on.
 """
@@ -104,7 +104,12 @@ def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: lis
     panels = overlay_panels(out, summaries)
     if panels:
         cv2.imwrite(str(out / "overlays.png"), montage(panels))
-    return combine(summaries)
+    combined = combine(summaries)
+    # The printed JSON, kept beside the folds: a run is worth a row in bench/results/loso_runs.csv.
+    partial = out / "summary.json.partial"
+    partial.write_text(json.dumps(combined, indent=1) + "\n")
+    partial.replace(out / "summary.json")
+    return combined
 
 
 @click.command()

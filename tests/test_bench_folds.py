@@ -103,6 +103,7 @@ def test_cli_scores_every_fold_and_ends_with_their_mean(tmp_path: Path):
         assert f["infer_flags"].endswith(f"--field-edges {out / 'folds' / f'fold{k}' / 'test' / 'field_edges.csv'}")
     assert summary["nucleus_dice"] == pytest.approx(np.mean([f["nucleus_dice"] for f in summary["folds"]]), abs=1e-4)
     assert (out / "fold0" / "infer" / "scores.csv").is_file() and (out / "fold1" / "infer" / "scores.csv").is_file()
+    assert json.loads((out / "summary.json").read_text()) == summary
     sheet = cv2.imread(str(out / "overlays.png"))
     assert sheet is not None and sheet.shape[1] == 4 * 320 and sheet.shape[0] == 2 * (22 + 320)  # 6 images, 4 a row
 

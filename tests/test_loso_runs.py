@@ -1,0 +1,71 @@
+"""loso_runs: the record of repeated six-fold runs is consistent, and its spread is summed up right."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+
+from loso_runs import RUNS, SOURCES, main, read_runs, summarise  # noqa: E402
+
+HEADER = "date,recorded_in,variant,epochs," + ",".join(SOURCES) + ",nucleus_dice\n"
+
+
+def write_record(path: Path, rows: list[tuple[str, list[float], float]]) -> Path:
+    lines = [f"2026-11-30,abc1234,\"{variant}, one\",60,{','.join(map(str, sources))},{mean}\n"
+             for variant, sources, mean in rows]
+    path.write_text(HEADER + "".join(lines), encoding="utf-8")
+    return path
+
+
+def test_every_recorded_run_agrees_with_its_own_sources():
+    runs = read_runs(RUNS)
+    assert runs and all(0 < dice <= 1 for run in runs for dice in run["sources"].values())
+    assert all(abs(sum(run["sources"].values()) / len(SOURCES) - run["nucleus_dice"]) <= 0.001 for run in runs)
+
+
+def test_summary_gives_the_spread_of_the_runs_and_each_sources_range():
+    runs = [{"variant": "v", "nucleus_dice": mean, "sources": dict.fromkeys(SOURCES, mean)}
+            for mean in (0.89, 0.90, 0.91, 0.92)]
+    runs[0]["sources"]["10006"] = 0.70
+    summary = summarise(runs, line=0.90)
+    assert summary["runs"] == 4 and summary["mean"] == pytest.approx(0.905)
+    sd = math.sqrt(sum((m - 0.905) ** 2 for m in (0.89, 0.90, 0.91, 0.92)) / 3)  # sample SD
+    assert summary["sd"] == pytest.approx(sd, abs=1e-4) and summary["se"] == pytest.approx(sd / 2, abs=1e-4)
+    assert (summary["min"], summary["max"], summary["at_or_above_line"]) == (0.89, 0.92, 3)
+    assert summary["sources"]["10006"] == {"min": 0.70, "max": 0.92, "mean": pytest.approx(0.8575, abs=1e-3)}
+    single = summarise(runs[:1], line=0.90)
+    assert single["sd"] is None and single["se"] is None and single["at_or_above_line"] == 0
+    with pytest.raises(ValueError):
+        summarise([], line=0.9)
+
+
+def test_cli_groups_runs_by_variant_and_ends_with_json(tmp_path: Path):
+    record = write_record(tmp_path / "runs.csv", [("a", [0.9] * 6, 0.9), ("a", [0.92] * 6, 0.92),
+                                                  ("b", [0.8] * 6, 0.8)])
+    result = CliRunner().invoke(main, ["--runs", str(record), "--line", "0.91"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert sorted(report) == ["a, one", "b, one"]
+    assert report["a, one"]["runs"] == 2 and report["a, one"]["at_or_above_line"] == 1
+    assert report["b, one"]["sd"] is None
+    assert "a, one: 2 run(s), six-fold mean 0.9100 (SD 0.0141" in result.output
+
+
+def test_a_run_whose_mean_is_not_its_sources_mean_is_refused_by_line(tmp_path: Path):
+    record = write_record(tmp_path / "runs.csv", [("a", [0.9] * 6, 0.9), ("a", [0.9] * 6, 0.95)])
+    result = CliRunner().invoke(main, ["--runs", str(record)])
+    assert result.exit_code != 0
+    assert f"{record}:3: nucleus_dice 0.95 is not the mean of its sources (0.9000)" in result.output
+    no_source = tmp_path / "short.csv"
+    no_source.write_text("variant,nucleus_dice,10001\nx,0.9,0.9\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["--runs", str(no_source)])
+    assert result.exit_code != 0 and f"{no_source}: no column 10002" in result.output
