@@ -397,6 +397,43 @@ def test_weight_average_saves_the_mean_of_the_late_epochs_with_the_rate_held(tmp
     assert any(not np.allclose(w, last) for w, last in zip(expected, trainable_at_epoch_end[-1], strict=True))
 
 
+def test_a_killed_averaging_run_resumes_its_mean(tmp_path: Path, tiny_dataset: Path):
+    import keras
+
+    from train.config import load_config
+    from train.fit import WEIGHT_AVERAGE_STATE, build_model, fit, run_paths
+
+    config = load_config(make_run(tmp_path, tiny_dataset, epochs=4),
+                         ["model.normalization=True", "train.lr_schedule=cosine", "train.steps_per_epoch=2",
+                          "train.save_best_only=False", "train.average_weights=0.5"])
+    paths = run_paths(config)
+    trainable_at_epoch_end: dict[int, list[np.ndarray]] = {}
+
+    class Recorder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            trainable_at_epoch_end[epoch + 1] = [w.numpy().copy() for w in self.model.trainable_weights]
+
+    class KillAfterThree(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == 3:
+                raise Killed
+
+    with pytest.raises(Killed):
+        fit(config, verbose=0, extra_callbacks=[Recorder(), KillAfterThree()])
+    assert (paths.backup / WEIGHT_AVERAGE_STATE).is_file()  # epochs 2 and 3 are in the mean on disk
+    summary = fit(config, verbose=0, extra_callbacks=[Recorder()])
+    assert summary["resumed"] and sorted(trainable_at_epoch_end) == [1, 2, 3, 4]
+    assert summary["averaged_snapshots"] == 3 and not paths.backup.exists()
+    history = json.loads((paths.eval_dir / "history.json").read_text())
+    assert history["averaged"] == [0, 1, 2, 3]
+
+    saved = build_model(config, (None, None))
+    saved.load_weights(str(paths.best))
+    expected = [np.mean(s, axis=0) for s in zip(*(trainable_at_epoch_end[e] for e in (2, 3, 4)), strict=True)]
+    for got, want in zip(saved.trainable_weights, expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(("marks", "expected"), [
     ([], []),                                   # no averaging: the log has no mark
     ([0, 0, 1, 2, 3], [3, 4, 5]),

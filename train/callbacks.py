@@ -160,15 +160,19 @@ class WeightAverage(_RunClock):
     activations no snapshot produced, so the snapshots' moving statistics do not fit them), and the result is
     written to ``save_path``, replacing the last epoch's checkpoint. Averaging the weights of a run that keeps
     moving finds a wider optimum than its last point, which is what generalises to unseen sources (Cha et al.,
-    SWAD, 2021, on leave-one-domain-out benchmarks). A resumed run averages from where it resumed.
+    SWAD, 2021, on leave-one-domain-out benchmarks).
 
+    With ``state_path`` (in the run's backup folder, which BackupAndRestore removes when the run finishes) the
+    running mean is kept on disk at every epoch end in the window, so a killed step-budgeted run that resumes ends
+    with the same average as one that was never stopped (see ``_restore_state`` for wall-clock runs).
     Each epoch's logs get ``averaged``: how many snapshots the mean holds after that epoch (0 before the window;
-    it starts again at 1 after a resume), so the per-epoch log and the curves show which epochs the saved weights
+    1 again where a mean starts anew), so the per-epoch log and the curves show which epochs the saved weights
     are made of. It must come before the CSV logger in the callback list for that.
     """
 
     def __init__(self, share: float, total_steps: int | None, seconds: float | None, recalibration_data=None,
-                 recalibration_batches: int = 32, save_path: Path | None = None, save_weights_only: bool = True):
+                 recalibration_batches: int = 32, save_path: Path | None = None, save_weights_only: bool = True,
+                 state_path: Path | None = None):
         super().__init__(total_steps, seconds)
         if not 0 < share < 1:
             raise ValueError(f"WeightAverage share = {share}: expected a value in (0, 1)")
@@ -177,12 +181,40 @@ class WeightAverage(_RunClock):
         self.recalibration_batches = recalibration_batches
         self.save_path = save_path
         self.save_weights_only = save_weights_only
+        self.state_path = state_path
         self.mean: list[np.ndarray] | None = None
         self.snapshots = 0
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.mean, self.snapshots = None, 0
+        self._restore_state()
+
+    def _steps(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def _restore_state(self) -> None:
+        """Take up the running mean of an interrupted run, when the resumed run is still inside its window.
+
+        BackupAndRestore (earlier in the callback list) has restored the weights and the optimizer's step count
+        by now. A step-budgeted run resumes where it was, so the mean goes on; a wall-clock run's clock starts
+        again, so it is before its window and starts a new mean, as its learning rate starts again. A mean from
+        beyond the restored step (the backup fell back to an older checkpoint) belongs to another path: dropped."""
+        if self.state_path is None or not self.state_path.is_file() or self.progress() < 1.0 - self.share:
+            return
+        with np.load(self.state_path) as state:
+            if int(state["steps"]) > self._steps():
+                return
+            self.snapshots = int(state["snapshots"])
+            self.mean = [state[f"w{i}"] for i in range(len(state.files) - 2)]
+
+    def _save_state(self) -> None:
+        partial = self.state_path.with_name(self.state_path.name + ".partial")
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("wb") as handle:  # a file handle: np.savez would add its own suffix to a name
+            np.savez(handle, steps=self._steps(), snapshots=self.snapshots,
+                     **{f"w{i}": w for i, w in enumerate(self.mean)})
+        partial.replace(self.state_path)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.progress() >= 1.0 - self.share:
@@ -193,6 +225,8 @@ class WeightAverage(_RunClock):
             else:
                 for mean, w in zip(self.mean, weights, strict=True):
                     mean += (w - mean) / self.snapshots
+            if self.state_path is not None:
+                self._save_state()
         if logs is not None:
             logs[AVERAGED_KEY] = float(self.snapshots if self.mean is not None else 0)
 

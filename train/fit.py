@@ -22,6 +22,7 @@ BEST_WEIGHTS = "best.weights.h5"
 BEST_MODEL = "best.keras"
 LOG_NAME = "train_log.csv"
 BACKUP_DIR = "backup"
+WEIGHT_AVERAGE_STATE = "weight_average.npz"  # in BACKUP_DIR: an interrupted run's running mean
 
 
 class TrainError(RuntimeError):
@@ -226,7 +227,8 @@ def callbacks_for(config: Config, paths: RunPaths, valid_pairs, extra=(), train_
         # average comes after every epoch-end checkpoint, so the average is what stays in `best`.
         averaging.append(WeightAverage(t.average_weights, total_steps, t.max_train_seconds,
                                        recalibration_data=train_ds, save_path=best,
-                                       save_weights_only=t.save_weights_only))
+                                       save_weights_only=t.save_weights_only,
+                                       state_path=paths.backup / WEIGHT_AVERAGE_STATE))
     chosen = [
         keras.callbacks.BackupAndRestore(backup_dir=str(paths.backup), delete_checkpoint=True),
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=t.save_best_only,
