@@ -3,10 +3,11 @@
     python bench/loso_runs.py [--runs bench/results/loso_runs.csv] [--line 0.90]
 
 Each row of the record is one full `make bench-folds FOLDS=6` run (a wall-clock training budget, so the same code
-lands differently from run to run): its per-source nucleus Dice, the six-fold mean bench-folds printed, and the
-commit that wrote it into the README. Per variant this prints the mean of the runs' six-fold means, their standard
-deviation (how far one run may land from another), the standard error of that mean (how well the runs pin the
-expected score down), how many runs reach ``--line``, and each source's range; the last line is one JSON object.
+lands differently from run to run): its per-source nucleus Dice, the six-fold mean bench-folds printed, the commit
+its fresh clone was at (`code`, where known) and the commit that wrote it into the README (`recorded_in`). Per
+variant this prints the mean of the runs' six-fold means, their standard deviation (how far one run may land from
+another), the standard error of that mean (how well the runs pin the expected score down), how many runs reach
+``--line``, and each source's range; the last line is one JSON object.
 A row whose recorded mean disagrees with its own per-source values is refused, naming the row.
 """
 
