@@ -195,6 +195,23 @@ class Killed(Exception):
     pass
 
 
+def kill_after(last_epoch: int):
+    """A callback that ends the run with an exception after ``last_epoch``, as a killed job would end."""
+    import keras
+
+    class KillAfter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == last_epoch:
+                raise Killed
+
+    return KillAfter()
+
+
+# Step-budgeted weight averaging over the last half of a 4-epoch run: epochs 2, 3 and 4 are averaged.
+AVERAGING = ["model.normalization=True", "train.lr_schedule=cosine", "train.steps_per_epoch=2",
+             "train.save_best_only=False", "train.average_weights=0.5"]
+
+
 def test_interrupted_run_resumes_at_the_next_epoch(tmp_path: Path, tiny_dataset: Path):
     import keras
 
@@ -208,13 +225,8 @@ def test_interrupted_run_resumes_at_the_next_epoch(tmp_path: Path, tiny_dataset:
         def on_epoch_begin(self, epoch, logs=None):
             started.append(epoch + 1)
 
-    class KillAfterTwo(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 == 2:
-                raise Killed
-
     with pytest.raises(Killed):
-        fit(config, verbose=0, extra_callbacks=[Recorder(), KillAfterTwo()])
+        fit(config, verbose=0, extra_callbacks=[Recorder(), kill_after(2)])
     assert started == [1, 2]
     summary = fit(config, verbose=0, extra_callbacks=[Recorder()])
     assert summary["resumed"] and started == [1, 2, 3, 4]
@@ -365,9 +377,7 @@ def test_weight_average_saves_the_mean_of_the_late_epochs_with_the_rate_held(tmp
     from train.config import load_config
     from train.fit import build_model, fit, run_paths
 
-    config = load_config(make_run(tmp_path, tiny_dataset, epochs=4),
-                         ["model.normalization=True", "train.lr_schedule=cosine", "train.steps_per_epoch=2",
-                          "train.save_best_only=False", "train.average_weights=0.5"])
+    config = load_config(make_run(tmp_path, tiny_dataset, epochs=4), AVERAGING)
     rates: list[float] = []
     trainable_at_epoch_end: list[list[np.ndarray]] = []
 
@@ -403,9 +413,7 @@ def test_a_killed_averaging_run_resumes_its_mean(tmp_path: Path, tiny_dataset: P
     from train.config import load_config
     from train.fit import WEIGHT_AVERAGE_STATE, build_model, fit, run_paths
 
-    config = load_config(make_run(tmp_path, tiny_dataset, epochs=4),
-                         ["model.normalization=True", "train.lr_schedule=cosine", "train.steps_per_epoch=2",
-                          "train.save_best_only=False", "train.average_weights=0.5"])
+    config = load_config(make_run(tmp_path, tiny_dataset, epochs=4), AVERAGING)
     paths = run_paths(config)
     trainable_at_epoch_end: dict[int, list[np.ndarray]] = {}
 
@@ -413,13 +421,8 @@ def test_a_killed_averaging_run_resumes_its_mean(tmp_path: Path, tiny_dataset: P
         def on_epoch_end(self, epoch, logs=None):
             trainable_at_epoch_end[epoch + 1] = [w.numpy().copy() for w in self.model.trainable_weights]
 
-    class KillAfterThree(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 == 3:
-                raise Killed
-
     with pytest.raises(Killed):
-        fit(config, verbose=0, extra_callbacks=[Recorder(), KillAfterThree()])
+        fit(config, verbose=0, extra_callbacks=[Recorder(), kill_after(3)])
     assert (paths.backup / WEIGHT_AVERAGE_STATE).is_file()  # epochs 2 and 3 are in the mean on disk
     summary = fit(config, verbose=0, extra_callbacks=[Recorder()])
     assert summary["resumed"] and sorted(trainable_at_epoch_end) == [1, 2, 3, 4]
