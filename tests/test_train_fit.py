@@ -256,9 +256,7 @@ from train.config import load_config
 from train.fit import build_model, fit, run_paths
 from train.callbacks import batch_norm_layers
 
-config = load_config(sys.argv[1], ["train.strategy=mirrored", "model.normalization=True",
-                                   "train.lr_schedule=cosine", "train.steps_per_epoch=2",
-                                   "train.save_best_only=False", "train.average_weights=0.5"])
+config = load_config(sys.argv[1], ["train.strategy=mirrored", *json.loads(sys.argv[2])])
 snapshots = []
 
 class Recorder(keras.callbacks.Callback):
@@ -283,8 +281,8 @@ print(json.dumps({
 
 def test_weight_average_and_batch_norm_recalibration_under_mirrored_strategy(tmp_path: Path, tiny_dataset: Path):
     config = make_run(tmp_path, tiny_dataset, epochs=4)
-    result = subprocess.run([sys.executable, "-c", _MIRRORED_AVERAGING, str(config)], capture_output=True, text=True,
-                            env=_env(), timeout=300, cwd=REPO)
+    result = subprocess.run([sys.executable, "-c", _MIRRORED_AVERAGING, str(config), json.dumps(AVERAGING)],
+                            capture_output=True, text=True, env=_env(), timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == 2 and report["snapshots"] == 3

@@ -228,7 +228,7 @@ class WeightAverage(_RunClock):
             if self.state_path is not None:
                 self._save_state()
         if logs is not None:
-            logs[AVERAGED_KEY] = float(self.snapshots if self.mean is not None else 0)
+            logs[AVERAGED_KEY] = float(self.snapshots)  # 0 while there is no mean: the two are set together
 
     def on_train_end(self, logs=None):
         if self.mean is None:
