@@ -24,6 +24,9 @@ INFER_FLAGS ?=
 
 overwrite_flag = $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite,)
 workers_flag   = $(if $(WORKERS),--workers $(WORKERS),)
+# bench-real/bench-folds pass PREP_FLAGS whenever it is given, even empty: PREP_FLAGS= turns their default
+# pale-nucleus copies off.
+bench_prep_flag = $(if $(filter command environment,$(firstword $(origin PREP_FLAGS))),--prep-flags '$(PREP_FLAGS)',)
 
 .PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-gpu bench-real bench-folds bench-runs train evaluate summary infer clean
 
@@ -128,17 +131,17 @@ bench-gpu: $(STAMP)
 # Real-data quality: TRAIN_EDF and TEST_EDF are ISBI-layout folders with disjoint source images.
 # Leave-sources-out folds from the real tiles: $(BIN)/python bench/make_folds.py --tiles DIR --out DIR
 bench-real: $(STAMP)
-	@test -n "$(TRAIN_EDF)" -a -n "$(TEST_EDF)" || { echo "usage: make bench-real TRAIN_EDF=DIR TEST_EDF=DIR [OUT=DIR] [SYNTH=N] [VALID_ON=synth|real] [PREP_FLAGS='--fade-factors 0.3']" >&2; exit 2; }
+	@test -n "$(TRAIN_EDF)" -a -n "$(TEST_EDF)" || { echo "usage: make bench-real TRAIN_EDF=DIR TEST_EDF=DIR [OUT=DIR] [SYNTH=N] [VALID_ON=synth|real] [PREP_FLAGS='--fade-factors 0.3' | PREP_FLAGS=]" >&2; exit 2; }
 	$(BIN)/python bench/bench_real.py --train-edf $(TRAIN_EDF) --test-edf $(TEST_EDF) $(if $(OUT),--out $(OUT),) \
 		$(if $(SYNTH),--synth $(SYNTH),) $(if $(VALID_ON),--valid-on $(VALID_ON),) \
-		$(if $(PREP_FLAGS),--prep-flags '$(PREP_FLAGS)',)
+		$(bench_prep_flag)
 
 # bench-real on every fold of TILES (default the real tiles in ../shared; FOLDS=6 there is leave-one-source-out,
 # about 1.5 hours on 2 cores); one line per fold, then one JSON object with the means.
 bench-folds: $(STAMP)
 	$(BIN)/python bench/bench_folds.py --tiles $(or $(TILES),../shared/data/edf-real/tiles) \
 		$(if $(FOLDS),--folds $(FOLDS),) $(if $(OUT),--out $(OUT),) $(if $(SYNTH),--synth $(SYNTH),) \
-		$(if $(VALID_ON),--valid-on $(VALID_ON),) $(if $(PREP_FLAGS),--prep-flags '$(PREP_FLAGS)',)
+		$(if $(VALID_ON),--valid-on $(VALID_ON),) $(bench_prep_flag)
 
 # The recorded six-fold runs, summed up per variant (no training: reads bench/results/loso_runs.csv).
 bench-runs: $(STAMP)

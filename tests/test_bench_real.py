@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,7 +65,11 @@ def test_tiny_bench_real_reports_scores_on_the_held_out_images(tmp_path: Path):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["train_seconds"] > 0 and summary["epochs"] == 2 and summary["test_images"] == 2
     assert len(summary["train_sources"]) == 4 and summary["valid_sources"] == []  # every real source trains
-    assert not list((tmp_path / "out" / "dataset").rglob("faded_*"))  # no extra prep flags by default
+    # By default every real training tile gets three pale-nucleus copies (DEFAULT_PREP_FLAGS).
+    train_tiles = [p.name for p in (tmp_path / "out" / "dataset" / "train" / "images").glob("*.png")]
+    originals = [name for name in train_tiles if name.startswith("EDF")]
+    for factor in ("0.3", "0.45", "0.6"):
+        assert len([name for name in train_tiles if name.startswith(f"faded_{factor}_")]) == len(originals), factor
     assert summary["nucleus_dice"] == pytest.approx(sum(summary["per_image_dice"].values()) / 2, abs=1e-3)
     json.dumps(summary)  # the bench prints it as its last line
 
@@ -171,3 +176,19 @@ def test_real_ground_truth_leaves_out_the_nuclei_cut_by_the_field_edge(real_data
         on_field_edge += nuclei(truth) - nuclei(clean_mask(truth, exclude_border=True, field_edges=field))
         on_inner_edge += nuclei(truth) - nuclei(clean_mask(truth, exclude_border=True, field_edges=inner))
     assert on_field_edge <= 1 and on_inner_edge >= 15  # measured: 1 and 17 of 118 nuclei
+
+
+@pytest.mark.parametrize(("given", "passed"), [
+    ([], None),  # not given: bench_real.py's own default (the pale copies)
+    (["PREP_FLAGS="], "--prep-flags ''"),  # given empty: no extra prep flags at all
+    (["PREP_FLAGS=--fade-factors 0.5"], "--prep-flags '--fade-factors 0.5'"),
+])
+def test_make_bench_targets_pass_prep_flags_whenever_given(given: list[str], passed: str | None):
+    for target in (["bench-real", "TRAIN_EDF=a", "TEST_EDF=b"], ["bench-folds"]):
+        dry_run = subprocess.run(["make", "--no-print-directory", "-n", "-C", str(REPO), *target, *given],
+                                 capture_output=True, text=True, check=True).stdout
+        command = dry_run[dry_run.index("bench/bench_"):]
+        if passed is None:
+            assert "--prep-flags" not in command, target
+        else:
+            assert passed in command, target
