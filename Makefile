@@ -144,8 +144,9 @@ bench-folds: $(STAMP)
 		$(if $(VALID_ON),--valid-on $(VALID_ON),) $(bench_prep_flag)
 
 # The recorded six-fold runs, summed up per variant (no training: reads bench/results/loso_runs.csv).
+# The pale copies' runs also pooled (with four and with eight TTA views): the README's figure for them.
 bench-runs: $(STAMP)
-	$(BIN)/python bench/loso_runs.py
+	$(BIN)/python bench/loso_runs.py --pool 'pale copies'
 
 # Default: the full-size source images of DATASET's test split, scored against their GT; or INPUT=file|dir [GT=dir].
 infer: $(STAMP)

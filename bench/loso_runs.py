@@ -1,13 +1,14 @@
 """How far apart repeated six-fold runs land: the record of every leave-one-source-out run, summed up per variant.
 
-    python bench/loso_runs.py [--runs bench/results/loso_runs.csv] [--line 0.90]
+    python bench/loso_runs.py [--runs bench/results/loso_runs.csv] [--line 0.90] [--pool TEXT ...]
 
 Each row of the record is one full `make bench-folds FOLDS=6` run (a wall-clock training budget, so the same code
 lands differently from run to run): its per-source nucleus Dice, the six-fold mean bench-folds printed, the commit
 its fresh clone was at (`code`, where known) and the commit that wrote it into the README (`recorded_in`). Per
 variant this prints the mean of the runs' six-fold means, their standard deviation (how far one run may land from
 another), the standard error of that mean (how well the runs pin the expected score down), how many runs reach
-``--line``, and each source's range; the last line is one JSON object.
+``--line``, and each source's range; ``--pool TEXT`` adds the same for every run whose variant contains TEXT
+(variants that share one change, e.g. with and without another); the last line is one JSON object.
 A row whose recorded mean disagrees with its own per-source values is refused, naming the row.
 """
 
@@ -76,17 +77,30 @@ def by_variant(runs: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
+def pooled(groups: dict[str, list[dict]], text: str) -> list[dict]:
+    """Every run of the variants whose name contains ``text`` (case-insensitive), in record order."""
+    runs = [run for variant, group in groups.items() if text.lower() in variant.lower() for run in group]
+    return sorted(runs, key=lambda run: run["line"])
+
+
 @click.command()
 @click.option("--runs", "runs_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=RUNS,
               show_default=True, help="The record of six-fold runs (CSV).")
 @click.option("--line", type=click.FloatRange(0, 1), default=0.90, show_default=True,
               help="Count the runs whose six-fold mean reaches this nucleus Dice.")
-def main(runs_path: Path, line: float) -> None:
+@click.option("--pool", "pools", multiple=True, metavar="TEXT",
+              help="Also sum up every run whose variant contains TEXT, as one group (repeatable).")
+def main(runs_path: Path, line: float, pools: tuple[str, ...]) -> None:
     """Sum up repeated leave-one-source-out runs per variant: mean, spread, and each source's range."""
     try:
         groups = by_variant(read_runs(runs_path))
     except ValueError as err:
         raise click.ClickException(str(err)) from None
+    for text in pools:
+        runs = pooled(groups, text)
+        if not runs:
+            raise click.BadParameter(f"no variant in {runs_path} contains {text!r}", param_hint="--pool")
+        groups[f"pooled: every variant with {text!r}"] = runs
     report = {}
     for variant, runs in groups.items():
         summary = summarise(runs, line)

@@ -69,3 +69,16 @@ def test_a_run_whose_mean_is_not_its_sources_mean_is_refused_by_line(tmp_path: P
     no_source.write_text("variant,nucleus_dice,10001\nx,0.9,0.9\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["--runs", str(no_source)])
     assert result.exit_code != 0 and f"{no_source}: no column 10002" in result.output
+
+
+def test_pool_sums_up_every_variant_that_shares_a_change(tmp_path: Path):
+    record = write_record(tmp_path / "runs.csv", [("copies", [0.90] * 6, 0.90), ("b", [0.80] * 6, 0.80),
+                                                  ("Copies + TTA", [0.92] * 6, 0.92)])
+    result = CliRunner().invoke(main, ["--runs", str(record), "--pool", "copies"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    pool = report["pooled: every variant with 'copies'"]
+    assert pool["runs"] == 2 and pool["mean"] == pytest.approx(0.91) and (pool["min"], pool["max"]) == (0.90, 0.92)
+    assert report["b, one"]["runs"] == 1  # the groups themselves stay
+    missing = CliRunner().invoke(main, ["--runs", str(record), "--pool", "zoom"])
+    assert missing.exit_code != 0 and "--pool" in missing.output and "'zoom'" in missing.output
