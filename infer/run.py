@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from prep.atomic import publish, temp_dir_for
-from prep.imageio import ImageReadError, read_image, read_mask, write_png
+from prep.imageio import ImageReadError, read_image, write_png
+from prep.truth import OUTLINE, TruthError, describe, read_truth
 from train.config import Config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -184,6 +185,24 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def _read_truth(image: Path, shape: tuple[int, ...], truth_of: Callable[[Path], Path | None] | None
+                ) -> np.ndarray | None:
+    """The image's ground truth as a nucleus mask (outline GT filled, with a warning), or None when not scored."""
+    if truth_of is None:
+        return None
+    truth_path = truth_of(image)
+    if truth_path is None:
+        warnings.warn(f"no ground truth for {image.name}: not scored", stacklevel=3)
+        return None
+    truth = read_truth(truth_path)
+    if truth.mask.shape != shape:
+        raise TruthError(f"{truth_path}: size {truth.mask.shape[1]}×{truth.mask.shape[0]} differs from {image.name} "
+                         f"({shape[1]}×{shape[0]})")
+    if truth.form == OUTLINE:
+        warnings.warn(describe(truth, str(truth_path)), stacklevel=3)
+    return truth.mask
+
+
 def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, options: InferOptions,
                    truth_of: Callable[[Path], Path | None] | None = None, overwrite: bool = False,
                    progress: Callable[[Path], None] | None = None) -> InferResult:
@@ -216,7 +235,8 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
             start = time.monotonic()
             try:
                 rgb = read_image(path)
-            except ImageReadError as err:
+                truth = _read_truth(path, rgb.shape[:2], truth_of)
+            except (ImageReadError, TruthError) as err:
                 warnings.warn(f"skipping {err}", stacklevel=2)
                 result.failures.append(str(path))
                 if progress:
@@ -238,17 +258,8 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
                               options.field_edges.get(path.name, EDGES))
             labels = label_nuclei(mask, options.split_touching)
             write_png(temp / f"{path.stem}.png", (mask.astype(np.uint8) * 255))
-            truth = None
-            if truth_of is not None:
-                truth_path = truth_of(path)
-                if truth_path is None:
-                    warnings.warn(f"no ground truth for {path.name}: not scored", stacklevel=2)
-                else:
-                    truth = read_mask(truth_path)
-                    if truth.shape != mask.shape:
-                        raise InferError(f"{truth_path}: size {truth.shape[1]}×{truth.shape[0]} differs from "
-                                         f"{path.name} ({width}×{height})")
-                    result.scores.append({"file": path.name, **score_masks(truth, mask)})
+            if truth is not None:
+                result.scores.append({"file": path.name, **score_masks(truth, mask)})
             for nucleus in measure_nuclei(labels, rgb, confidence):
                 nuclei_rows.append({"image": path.name, **nucleus})
             # Last use of the image: draw on it rather than on a copy (peak memory on large scans).

@@ -16,8 +16,9 @@ import click
 from prep import __version__
 from prep.augment import NO_AUGMENTATION, AugOptions, parse_centers, parse_floats, plan
 from prep.edf import InputError, discover
-from prep.imageio import MASK_RULES, ImageReadError
+from prep.imageio import ImageReadError
 from prep.split import SPLITS, parse_ratios, split_sources
+from prep.truth import GT_RULES
 
 
 class FiniteFloat(click.ParamType):
@@ -88,11 +89,14 @@ def cli() -> None:
 @click.option("--output", "output_path", required=True, type=click.Path(path_type=Path),
               help="Dataset folder to create (train/valid/test, manifest.csv, prep.json).")
 @click.option("--masks", "masks_path", type=click.Path(path_type=Path),
-              help="Folder of the GT images when not beside the images; the *_GT.mat for a .mat input.")
+              help="Folder of the GT images when not beside the images; the *_GT.mat for a .mat input, or for a "
+                   "folder of numbered images 1.tif … N.tif (image k pairs with cell k of its nuclei).")
 @click.option("--exclude", multiple=True, metavar="NAME",
               help="Source to leave out (e.g. EDF000); repeat or separate with commas.")
-@click.option("--mask-rule", type=click.Choice(MASK_RULES), default="nonzero", show_default=True,
-              help="How GT pixels become nucleus: any non-black, ≥128, Otsu, or blur+Otsu (the reference).")
+@click.option("--gt-rule", "--mask-rule", "gt_rule", type=click.Choice(GT_RULES), default="auto", show_default=True,
+              help="How GT pixels become nucleus. auto: filled masks (8/16-bit, RGB) as any non-black pixel, "
+                   "closed nucleus outlines (EDF000–003) filled, with a warning; outline: fill every contour; "
+                   "nonzero: any non-black pixel, never filled; half: ≥128; otsu; blur-otsu (the reference's).")
 @click.option("--tile-size", type=int, default=512, show_default=True, help="Tile edge in pixels.")
 @click.option("--skip-empty/--keep-empty", default=True, show_default=True,
               help="Skip tiles without any nucleus pixel (as the reference).")
@@ -133,7 +137,7 @@ def cli() -> None:
 @click.option("--mat-mask-key", help="Variable holding the nuclei in the GT .mat (default: *Nuclei).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def run_command(input_path: Path, output_path: Path, masks_path: Path | None, exclude, mask_rule: str,
+def run_command(input_path: Path, output_path: Path, masks_path: Path | None, exclude, gt_rule: str,
                 tile_size: int, skip_empty: bool, split_text: str, augment_splits: str, seed: int,
                 hflip: bool, vflip: bool, rotations, elastic_alpha: float, elastic_sigmas,
                 distortion_sizes, distortion_sigma: float, barrel_radius: float, barrel_amounts,
@@ -196,7 +200,7 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
 
     try:
         sources = discover(input_path.expanduser(), masks_path.expanduser() if masks_path else None,
-                           exclusions, mat_image_key, mat_mask_key)
+                           exclusions, mat_image_key, mat_mask_key, gt_rule)
     except (InputError, ImageReadError) as err:
         raise click.ClickException(str(err)) from err
 
@@ -208,11 +212,11 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
         output_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise click.ClickException(f"{output_path.parent}: cannot create the folder of --output ({err})") from err
-    settings = TileSettings(tile_size=tile_size, skip_empty=skip_empty, mask_rule=mask_rule, seed=seed,
+    settings = TileSettings(tile_size=tile_size, skip_empty=skip_empty, gt_rule=gt_rule, seed=seed,
                             png_compression=png_compression, augmentations=specs, augment_splits=augmented)
     parameters = {
         "input": str(input_path), "masks": str(masks_path) if masks_path else None,
-        "exclude": list(exclusions), "mask_rule": mask_rule, "tile_size": tile_size,
+        "exclude": list(exclusions), "gt_rule": gt_rule, "tile_size": tile_size,
         "skip_empty": skip_empty, "split": list(ratios), "augment_splits": list(augmented), "seed": seed,
         "no_augment": no_augment, "png_compression": png_compression,
         "augmentation_options": {k: v for k, v in vars(options).items()},
@@ -278,14 +282,18 @@ def synth_command(output_path: Path, count: int, size: int, seed: int, overwrite
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="Bar chart PNG to write (default: DATASET/stats.png).")
 def stats_command(dataset: Path, plot_path: Path | None) -> None:
-    """Per split: tiles, sources, nucleus-pixel fraction, augmentation kinds; a table and a PNG chart."""
-    from prep.stats import dataset_stats, format_table, plot_stats
+    """Per split: tiles, sources, nucleus-pixel fraction, augmentation kinds; per source: its ground truth's form,
+    nuclei and nucleus fraction (a misread GT stands out); a table and a PNG chart."""
+    from prep.stats import dataset_stats, format_sources, format_table, plot_stats, source_stats
 
     try:
         table = dataset_stats(dataset)
+        sources = source_stats(dataset)
     except (InputError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(format_table(table))
+    click.echo()
+    click.echo(format_sources(sources))
     target = plot_path or dataset / "stats.png"
     plot_stats(table, target)
     click.echo(f"chart: {target}")

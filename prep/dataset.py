@@ -39,7 +39,7 @@ MANIFEST_COLUMNS = ("split", "file", "source", "row", "col", "y", "x", "augmenta
 class TileSettings:
     tile_size: int = 512
     skip_empty: bool = True
-    mask_rule: str = "nonzero"
+    gt_rule: str = "auto"  # prep.truth.GT_RULES
     seed: int = 137
     png_compression: int = 3
     augmentations: tuple[AugSpec, ...] = ()
@@ -91,7 +91,7 @@ def tiles_of_source(image: np.ndarray, mask: np.ndarray, source: str, split: str
 
 def process_source(ref: SourceRef, split: str, out_dir: Path, settings: TileSettings) -> SourceResult:
     """Tile (and augment) one source into ``out_dir/<split>/{images,masks}``."""
-    image, mask = load_source(ref, settings.mask_rule)
+    image, mask = load_source(ref, settings.gt_rule)
     result = SourceResult(ref.name, split, *mask.shape)
     images_dir = out_dir / split / "images"
     masks_dir = out_dir / split / "masks"
@@ -231,6 +231,10 @@ def write_dataset(job: PrepJob, progress: Callable[[SourceResult], None] | None 
                     "mask_sha256": sha256(ref.mask_path),
                     "height": by_name[ref.name].height,
                     "width": by_name[ref.name].width,
+                    "gt_form": ref.gt_form,
+                    "nuclei": ref.nuclei,
+                    "nucleus_fraction": None if ref.nucleus_fraction is None else round(ref.nucleus_fraction, 6),
+                    "tiles": len(by_name[ref.name].rows),
                 }
                 for ref in job.sources
             ],

@@ -1,8 +1,12 @@
 """Readers for the ISBI 2014 inputs: EDF PNG pairs (``EDFnnn.png`` + ``EDFnnn_GT.png``) and the synthetic
 MATLAB sets (``isbi_train.mat`` + ``isbi_train_GT.mat``; v5 via scipy, v7.3/HDF5 via h5py).
 
-Discovery checks every pair before any work starts (names, PNG signature and end chunk, sizes from the
-PNG header), so a bad input stops the run before a single tile is written.
+A third form pairs a folder of numbered images (``1.tif … 45.tif``, as the challenge's ``isbi_train.mat``
+images are usually written out) with the nuclei of a ``*_GT.mat``: ``k.tif`` with cell k.
+
+Discovery checks every pair before any work starts (names, PNG signature and end chunk, sizes, and the ground
+truth's form: filled, or outlines to fill — ``prep.truth``), so a bad input stops the run before a single tile
+is written.
 """
 
 from __future__ import annotations
@@ -13,16 +17,18 @@ import re
 import struct
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from prep.imageio import PNG_END, PNG_SIGNATURE, ImageReadError, read_image, read_mask, to_rgb
+from prep.imageio import PNG_END, PNG_SIGNATURE, ImageReadError, read_image, to_rgb
+from prep.truth import FILLED, OUTLINE, Truth, TruthError, count_nuclei, describe, read_truth
 
 GT_SUFFIX = "_GT"
 IMAGE_SUFFIXES = (".png",)
 MAT_SUFFIX = ".mat"
+NUMBERED_SUFFIXES = (".tif", ".tiff", ".png")  # images paired by number with a .mat's cells
 
 
 class InputError(ValueError):
@@ -37,8 +43,11 @@ class SourceRef:
     image_path: Path
     mask_path: Path
     index: int | None = None  # entry in a .mat cell array
-    image_key: str | None = None
+    image_key: str | None = None  # None: the image is the file image_path
     mask_key: str | None = None
+    gt_form: str = FILLED  # as discovery found it: FILLED, or OUTLINE (filled when read)
+    nuclei: int | None = None  # in the whole source, once discovery has read its ground truth
+    nucleus_fraction: float | None = None
 
 
 @functools.lru_cache(maxsize=256)
@@ -263,24 +272,107 @@ def _mat_image(value: object) -> np.ndarray:
     return to_rgb(array)
 
 
-def load_source(ref: SourceRef, mask_rule: str = "nonzero") -> tuple[np.ndarray, np.ndarray]:
+def load_source(ref: SourceRef, gt_rule: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 image, boolean nucleus mask) of one source."""
-    if ref.index is None:
+    if ref.image_key is None:
         image = read_image(ref.image_path)
-        mask = read_mask(ref.mask_path, mask_rule)
+    else:
+        image = _mat_image(_entries(mat_variables(ref.image_path)[ref.image_key])[ref.index])
+    if ref.index is None:
+        mask = read_truth(ref.mask_path, gt_rule).mask
         if image.shape[:2] != mask.shape:
             raise ImageReadError(f"{ref.mask_path}: size differs from its image {ref.image_path.name}")
-        return image, mask
-    image = _mat_image(_entries(mat_variables(ref.image_path)[ref.image_key])[ref.index])
-    mask = _merge_masks(_entries(mat_variables(ref.mask_path)[ref.mask_key])[ref.index])
+    else:
+        # The challenge's MATLAB ground truth holds filled masks (one per nucleus, or one per image).
+        mask = _merge_masks(_entries(mat_variables(ref.mask_path)[ref.mask_key])[ref.index])
     return image, mask
 
 
+def check_truths(refs: Sequence[SourceRef], gt_rule: str = "auto",
+                 warn=lambda message: warnings.warn(message, stacklevel=3)) -> list[SourceRef]:
+    """Read every source's ground truth once (before any work), each with its form, nucleus count and nucleus
+    fraction; an outline GT gets a warning naming it and what filling gave, an unreadable one an InputError."""
+    checked = []
+    for ref in refs:
+        try:
+            if ref.index is None:
+                truth = read_truth(ref.mask_path, gt_rule)
+            else:
+                mask = load_source(ref, gt_rule)[1]
+                truth = Truth(mask, FILLED, count_nuclei(mask))
+        except (TruthError, ImageReadError) as err:
+            raise InputError(str(err)) from None
+        except ValueError as err:  # a .mat entry of an unexpected shape
+            raise InputError(f"{ref.mask_path}: entry {ref.index}: {err}") from None
+        if truth.form == OUTLINE:
+            warn(describe(truth, str(ref.mask_path)))
+        ref = replace(ref, gt_form=truth.form, nuclei=truth.nuclei, nucleus_fraction=truth.nucleus_fraction)
+        checked.append(ref)
+    return checked
+
+
+def discover_numbered_images(input_dir: Path, mask_path: Path, mask_key: str | None = None,
+                             exclude: Sequence[str] = ()) -> list[SourceRef]:
+    """Images ``1.tif … N.tif`` (or .png) of ``input_dir`` with cells 1 … N of the nuclei in ``mask_path``."""
+    numbered: dict[int, Path] = {}
+    for path in sorted(input_dir.iterdir()):
+        if path.is_dir() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in NUMBERED_SUFFIXES or not path.stem.isdigit():
+            warnings.warn(f"ignoring {path} (not a numbered image k{'/k'.join(NUMBERED_SUFFIXES)})", stacklevel=2)
+            continue
+        number = int(path.stem)
+        if number in numbered:
+            raise InputError(f"{path}: image {number} twice ({numbered[number].name} too)")
+        numbered[number] = path
+    if not numbered:
+        raise InputError(f"{input_dir}: no numbered images (1{'/1'.join(NUMBERED_SUFFIXES)} …) to pair with "
+                         f"{mask_path}")
+    masks = mat_variables(mask_path)
+    mask_key = _pick_key(masks, mask_key, mask_path, r"nuclei")
+    try:
+        n_masks = len(_entries(masks[mask_key]))
+    except ValueError as err:
+        raise InputError(f"{mask_path}: {err}") from err
+    expected = set(range(1, n_masks + 1))
+    if set(numbered) != expected:
+        gaps = sorted(expected - set(numbered))
+        extra = sorted(set(numbered) - expected)
+        detail = (f"missing {gaps[0]}{' …' if len(gaps) > 1 else ''}" if gaps else
+                  f"image {extra[0]} has no cell")
+        raise InputError(f"{input_dir}: {len(numbered)} numbered images, but {mask_path} holds {n_masks} nucleus "
+                         f"annotations in {mask_key} ({detail}): image k pairs with cell k, so the counts must "
+                         "agree")
+    # The names a .mat image set would get (isbi_train_000 for image 1): the same sources either way.
+    stem = mask_path.stem[: -len(GT_SUFFIX)] if mask_path.stem.endswith(GT_SUFFIX) else mask_path.stem
+    names = {number: f"{stem}_{number - 1:03d}" for number in numbered}
+    excluded = _normalise_exclusions(exclude)
+    known = set(names.values()) | {path.stem for path in numbered.values()}
+    unknown = sorted(excluded - known)
+    if unknown:
+        raise InputError(f"--exclude {', '.join(unknown)}: no such image in {input_dir}")
+    refs = [SourceRef(names[k], numbered[k], mask_path, k - 1, None, mask_key) for k in sorted(numbered)
+            if names[k] not in excluded and numbered[k].stem not in excluded]
+    for ref in refs:
+        image, mask = load_source(ref)
+        if image.shape[:2] != mask.shape:
+            raise InputError(f"{mask_path}: cell {ref.index + 1} of {mask_key} is {mask.shape[1]}×{mask.shape[0]}, "
+                             f"its image {ref.image_path} is {image.shape[1]}×{image.shape[0]}")
+    return refs
+
+
 def discover(input_path: Path, masks: Path | None = None, exclude: Sequence[str] = (),
-             image_key: str | None = None, mask_key: str | None = None) -> list[SourceRef]:
-    """Sources of a PNG folder or of a .mat pair."""
+             image_key: str | None = None, mask_key: str | None = None, gt_rule: str = "auto") -> list[SourceRef]:
+    """Sources of a PNG folder, of a .mat pair, or of numbered images with a GT .mat, their ground truth read
+    and checked (``check_truths``)."""
     if input_path.suffix.lower() == MAT_SUFFIX:
-        return discover_mat_pair(input_path, masks, image_key, mask_key, exclude)
-    if input_path.is_file():
+        refs = discover_mat_pair(input_path, masks, image_key, mask_key, exclude)
+    elif input_path.is_file():
         raise InputError(f"{input_path}: --input must be a folder of EDF images or a .mat file")
-    return discover_png_pairs(input_path, masks, exclude)
+    elif masks is not None and masks.suffix.lower() == MAT_SUFFIX:
+        if not input_path.is_dir():
+            raise InputError(f"{input_path}: input folder does not exist")
+        refs = discover_numbered_images(input_path, masks, mask_key, exclude)
+    else:
+        refs = discover_png_pairs(input_path, masks, exclude)
+    return check_truths(refs, gt_rule)

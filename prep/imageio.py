@@ -20,7 +20,8 @@ class ImageReadError(ValueError):
     """An input file that cannot be read as an image; the message names the file."""
 
 
-def _decode(path: Path) -> np.ndarray:
+def decode(path: Path) -> np.ndarray:
+    """A file's pixels as OpenCV decodes them (any depth and channel count; colour in BGR order)."""
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -78,7 +79,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a grey, RGB or RGBA image of 8 or 16 bits as uint8 H×W×3 RGB."""
     path = Path(path)
     try:
-        return to_rgb(_decode(path), order="BGR")
+        return to_rgb(decode(path), order="BGR")
     except (TypeError, ValueError) as err:
         if isinstance(err, ImageReadError):
             raise
@@ -114,7 +115,7 @@ MASK_RULES = ("nonzero", "half", "otsu", "blur-otsu")
 
 def read_mask(path: str | os.PathLike, rule: str = "nonzero") -> np.ndarray:
     """Read a nucleus annotation image as a boolean H×W mask."""
-    return binarise(_decode(Path(path)), rule)
+    return binarise(decode(Path(path)), rule)
 
 
 def mask_to_rgb(mask: np.ndarray) -> np.ndarray:

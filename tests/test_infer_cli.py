@@ -207,3 +207,35 @@ def test_bad_inputs_are_named(project: Path, tmp_path: Path):
     result = invoke("--config", mismatched, "--input", project.parent / "images", "--output", tmp_path / "o2")
     assert result.exit_code != 0 and "do not fit" in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_outline_ground_truth_is_filled_and_open_contours_skip_only_their_image(project: Path, tmp_path: Path):
+    images = project.parent / "images"
+    filled = cv2.imread(str(images / "EDF300x300_GT.png"), cv2.IMREAD_GRAYSCALE)
+    contours, _ = cv2.findContours(filled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    outline = np.zeros_like(filled)
+    cv2.drawContours(outline, contours, -1, 255, 1)
+    arcs = np.zeros_like(filled)
+    for contour in contours:
+        cv2.polylines(arcs, [contour[: len(contour) // 2]], False, 255, 1)
+    inputs, outlines = tmp_path / "in", tmp_path / "outline-gt"
+    inputs.mkdir()
+    outlines.mkdir()
+    for name in ("EDF300x300", "EDF512x1536"):
+        (inputs / f"{name}.png").symlink_to(images / f"{name}.png")
+    cv2.imwrite(str(outlines / "EDF300x300_GT.png"), outline)
+    (outlines / "EDF512x1536_GT.png").symlink_to(images / "EDF512x1536_GT.png")  # a filled GT beside it
+    scored = {}
+    for label, gt in (("filled", images), ("outline", outlines)):
+        result = invoke("--config", project, "--input", inputs, "--output", tmp_path / label, "--gt", gt,
+                        "--no-progress")
+        assert result.exit_code == 0, result.output
+        scored[label] = next(r for r in read_csv(tmp_path / label / "scores.csv") if r["file"] == "EDF300x300.png")
+    assert "outline-gt/EDF300x300_GT.png: outline ground truth" in result.output
+    assert scored["outline"] == scored["filled"]  # the outlines, filled, are the same nuclei
+    cv2.imwrite(str(outlines / "EDF300x300_GT.png"), arcs)
+    result = invoke("--config", project, "--input", inputs, "--output", tmp_path / "open", "--gt", outlines,
+                    "--no-progress")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "EDF300x300_GT.png" in result.output and "do not close" in result.output
+    assert [r["file"] for r in read_csv(tmp_path / "open" / "predictions.csv")] == ["EDF512x1536.png"]
