@@ -44,7 +44,7 @@ help:
 	@echo "make bench-infer stitching vs bare predict, overlap/TTA cost, 8192² peak RSS (last line: JSON)"
 	@echo "make bench-gpu   reference model on a GPU, float32 vs mixed float16/bfloat16 (last line: JSON)"
 	@echo "make bench-real TRAIN_EDF=DIR TEST_EDF=DIR  train ≤15 min on CPU, score unseen images (last line: JSON)"
-	@echo "make bench-folds [TILES=DIR] [FOLDS=6]  bench-real on every leave-sources-out fold, per fold + mean (JSON)"
+	@echo "make bench-folds [FIELDS=DIR | TILES=DIR] [FOLDS=5]  bench-real on every fold of whole fields (or tiles) (JSON)"
 	@echo "make bench-runs  every recorded six-fold run (bench/results/loso_runs.csv): mean and spread per variant"
 	@echo "make lint      ruff"
 
@@ -136,10 +136,12 @@ bench-real: $(STAMP)
 		$(if $(SYNTH),--synth $(SYNTH),) $(if $(VALID_ON),--valid-on $(VALID_ON),) \
 		$(bench_prep_flag)
 
-# bench-real on every fold of TILES (default the real tiles in ../shared; FOLDS=6 there is leave-one-source-out,
-# about 1.5 hours on 2 cores); one line per fold, then one JSON object with the means.
+# bench-real on every fold: of whole ISBI fields (FIELDS, default the 10 real fields in ../shared, GT as published;
+# FOLDS=5: two fields held out per fold, about 80 minutes on 2 cores), or of reference-style TILES (FOLDS=6 there is
+# leave-one-source-out); one line per fold, then one JSON object with per-field scores and the means.
+FIELDS ?= ../shared/data/isbi2014/EDF
 bench-folds: $(STAMP)
-	$(BIN)/python bench/bench_folds.py --tiles $(or $(TILES),../shared/data/edf-real/tiles) \
+	$(BIN)/python bench/bench_folds.py $(if $(TILES),--tiles $(TILES),--fields $(FIELDS)) \
 		$(if $(FOLDS),--folds $(FOLDS),) $(if $(OUT),--out $(OUT),) $(if $(SYNTH),--synth $(SYNTH),) \
 		$(if $(VALID_ON),--valid-on $(VALID_ON),) $(bench_prep_flag)
 

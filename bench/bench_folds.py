@@ -1,12 +1,15 @@
-"""bench-real over every leave-sources-out fold of a tile folder, reported per fold and as one mean.
+"""bench-real over every leave-sources-out fold, reported per field, per fold and as one mean.
 
+    python bench/bench_folds.py --fields ../shared/data/isbi2014/EDF [--folds 5] [--out DIR] [--set k=v ...]
     python bench/bench_folds.py --tiles ../shared/data/edf-real/tiles [--folds 6] [--out DIR] [--set k=v ...]
 
-Makes the folds (`make_folds.py`: tiles grouped by the source id in their name, each fold holds a disjoint
-group of sources out), runs `bench_real` on each in turn (its ≤ 15-minute CPU training included, so 6 folds
-take about 1.5 hours), prints one line per fold as it finishes, and as its last line one JSON object:
-`nucleus_dice` etc. are means over the folds (each fold weighs the same, however many tiles its sources
-have), `nucleus_dice_images` the mean over every held-out image, and `folds` holds each fold's summary.
+Makes the folds (`make_folds.py`): of whole ISBI fields, split by field (the default set: 10 real fields as
+published, 5 folds of 2), or of reference-style tiles grouped by the source id in their name. Runs `bench_real`
+on each in turn (its ≤ 15-minute CPU training included, so 5 folds take about 80 minutes), prints one line per
+fold as it finishes, and as its last line one JSON object: `nucleus_dice` etc. are means over the folds (each
+fold weighs the same, however many images it holds), `*_images` the means over every held-out image,
+`field_dice_min` the worst image, `images` each held-out image's own scores (Dice, object F1, FNRo, extra and
+missed nuclei, infer seconds) with its fold, and `folds` each fold's summary.
 With --out, `summary.json` there holds that object and `overlays.png` shows every held-out image (ground truth
 green, prediction red) with its fold and Dice: red alone is an extra object, green alone a missed nucleus.
 The default --folds 6 on the reference's 6 sources is leave-one-source-out: every model trains on all
@@ -29,7 +32,7 @@ import click  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_real import DEFAULT_PREP_FLAGS, VALID_ON, bench_real, run_options  # noqa: E402
-from make_folds import make_folds  # noqa: E402
+from make_folds import make_field_folds, make_folds  # noqa: E402
 
 FOLD_MEANS = ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1", "outline_dice")
 
@@ -39,16 +42,27 @@ def combine(folds: list[dict]) -> dict:
     if not folds:
         raise ValueError("no folds to combine")
     per_image = [dice for fold in folds for dice in fold["per_image_dice"].values()]
+    images = {name: {"fold": fold["fold"], **scores}
+              for fold in folds for name, scores in fold.get("per_image", {}).items()}
     combined = {key: round(fmean(fold[key] for fold in folds), 4) for key in FOLD_MEANS}
     combined.update({
         "nucleus_dice_min": min(fold["nucleus_dice"] for fold in folds),
         "nucleus_dice_images": round(fmean(per_image), 4),
+        "field_dice_min": min(per_image),
         "test_images": len(per_image),
         "n_extra": sum(fold["n_extra"] for fold in folds),
         "n_missed": sum(fold["n_missed"] for fold in folds),
         "train_seconds": round(sum(fold["train_seconds"] for fold in folds), 1),
-        "folds": folds,
+        "train_seconds_max": max(fold["train_seconds"] for fold in folds),
     })
+    if images:
+        combined.update({
+            "f1_images": round(fmean(image["f1"] for image in images.values()), 4),
+            "fnro_images": round(fmean(image["fnro"] for image in images.values()), 4),
+            "infer_seconds_per_image": round(fmean(image["infer_seconds"] for image in images.values()), 2),
+            "images": images,
+        })
+    combined["folds"] = folds
     return combined
 
 
@@ -57,7 +71,10 @@ def fold_line(fold: dict) -> str:
     return (f"fold{fold['fold']} (test {' '.join(fold['test_sources'])}; {images}): "
             f"nucleus Dice {fold['nucleus_dice']:.4f} (outlines alone {fold['outline_dice']:.4f}: "
             f"{fold['n_extra']} extra, {fold['n_missed']} missed), FNRo {fold['fnro']:.4f}, "
-            f"{fold['epochs']} epochs in {fold['train_seconds']:.0f} s")
+            + (f"object F1 {fold['f1']:.4f}, " if "f1" in fold else "")
+            + f"{fold['epochs']} epochs in {fold['train_seconds']:.0f} s"
+            + (f", {fold['infer_seconds_per_image']:.1f} s per image at inference"
+               if "infer_seconds_per_image" in fold else ""))
 
 
 def montage(panels: list[tuple[str, np.ndarray]], columns: int = 4, size: int = 320) -> np.ndarray:
@@ -91,11 +108,13 @@ def overlay_panels(out: Path, folds: list[dict]) -> list[tuple[str, np.ndarray]]
     return panels
 
 
-def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: list[str], infer_flags: list[str],
+def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list[str], infer_flags: list[str],
                 synth: int, valid_on: str = VALID_ON[0], echo=click.echo,
-                prep_flags: Sequence[str] = DEFAULT_PREP_FLAGS) -> dict:
+                prep_flags: Sequence[str] = DEFAULT_PREP_FLAGS, whole_fields: bool = False) -> dict:
+    """``data``: whole ISBI fields (``whole_fields``) or reference-style tiles."""
     summaries = []
-    for fold in make_folds(tiles, out / "folds", folds):
+    plan = make_field_folds(data, out / "folds", folds) if whole_fields else make_folds(data, out / "folds", folds)
+    for fold in plan:
         fold_dir = out / "folds" / f"fold{fold['fold']}"
         summary = bench_real(fold_dir / "train", fold_dir / "test", out / f"fold{fold['fold']}", config,
                              overrides, infer_flags, synth=synth, valid_on=valid_on, prep_flags=prep_flags)
@@ -113,21 +132,28 @@ def bench_folds(tiles: Path, out: Path, folds: int, config: Path, overrides: lis
 
 
 @click.command()
-@click.option("--tiles", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Reference-style tiles: images/ and masks/ named <source>_<row>x<col>.png.")
-@click.option("--folds", type=click.IntRange(min=2), default=6, show_default=True,
-              help="Number of folds (the number of sources: leave-one-source-out).")
+@click.option("--fields", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Whole fields in ISBI layout (EDFnnn.png + EDFnnn_GT.png, GT as published): folds by field.")
+@click.option("--tiles", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Reference-style tiles: images/ and masks/ named <source>_<row>x<col>.png; folds by source.")
+@click.option("--folds", type=click.IntRange(min=2),
+              help="Number of folds [default: 5 with --fields (2 of the 10 shared fields each), 6 with --tiles "
+                   "(the number of sources: leave-one-source-out)].")
 @click.option("--out", type=click.Path(path_type=Path), help="Keep every fold's run here (default: a temp folder).")
 @run_options  # bench-real's own options, applied to every fold
-def main(tiles: Path, folds: int, out: Path | None, config: Path, overrides, infer_flags: str, synth: int,
-         valid_on: str, prep_flags: list[str]) -> None:
-    """Cross-validate bench-real over leave-sources-out folds of TILES."""
+def main(fields: Path | None, tiles: Path | None, folds: int | None, out: Path | None, config: Path, overrides,
+         infer_flags: str, synth: int, valid_on: str, prep_flags: list[str]) -> None:
+    """Cross-validate bench-real over leave-sources-out folds of whole FIELDS or of TILES."""
+    if (fields is None) == (tiles is None):
+        raise click.UsageError("give one of --fields (whole ISBI fields) and --tiles (reference-style tiles)")
     if out is not None and out.exists() and any(out.iterdir()):
         raise click.BadParameter(f"{out} is not empty; give a new folder", param_hint="--out")
+    folds = folds or (5 if fields is not None else 6)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-folds-") as scratch:
-            summary = bench_folds(tiles, out or Path(scratch), folds, config, list(overrides), infer_flags.split(),
-                                  synth, valid_on, prep_flags=prep_flags)
+            summary = bench_folds(fields or tiles, out or Path(scratch), folds, config, list(overrides),
+                                  infer_flags.split(), synth, valid_on, prep_flags=prep_flags,
+                                  whole_fields=fields is not None)
     except ValueError as err:  # e.g. fewer sources than folds, or a tile name without a source id
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(summary))

@@ -136,11 +136,16 @@ def mix_training_tiles(splits: list[Path], mixed: Path) -> int:
     return count
 
 
+def _read_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def summarise(out: Path, train_seconds: float) -> dict:
-    with (out / "infer" / "scores.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = _read_rows(out / "infer" / "scores.csv")
     pooled = next(row for row in rows if row["file"] == "POOLED")
     images = [row for row in rows if row["file"] != "POOLED"]
+    seconds = {row["file"]: float(row["seconds"]) for row in _read_rows(out / "infer" / "predictions.csv")}
     record = json.loads((out / "dataset" / "prep.json").read_text())
     history = json.loads((out / "eval" / "history.json").read_text())
 
@@ -159,6 +164,14 @@ def summarise(out: Path, train_seconds: float) -> dict:
         "n_extra": int(pooled["n_extra"]),
         "n_missed": int(pooled["n_missed"]),
         "per_image_dice": {row["file"]: round(number(row, "nucleus_dice"), 4) for row in images},
+        # Each test image's own scores: its nuclei found (object F1, FNRo), the extra and the missed, and the
+        # wall seconds infer took for it (read, predict with the infer flags, write).
+        "per_image": {row["file"]: {"nucleus_dice": round(number(row, "nucleus_dice"), 4),
+                                    "f1": round(number(row, "object_f1"), 4), "fnro": round(number(row, "fnro"), 4),
+                                    "n_extra": int(row["n_extra"]), "n_missed": int(row["n_missed"]),
+                                    "infer_seconds": round(seconds[row["file"]], 2)}
+                      for row in images},
+        "infer_seconds_per_image": round(sum(seconds[row["file"]] for row in images) / max(len(images), 1), 2),
         "train_seconds": round(train_seconds, 1),
         "epochs": len(history["epoch"]),
         "train_sources": record["splits"]["train"],

@@ -1,4 +1,9 @@
-"""Leave-sources-out folds from a folder of reference-style tiles (``images/`` + ``masks/``).
+"""Leave-sources-out folds: of whole ISBI-layout fields (``make_field_folds``, the default set), or of a folder of
+reference-style tiles (``images/`` + ``masks/``, ``make_folds``).
+
+Whole fields (``EDFnnn.png`` + ``EDFnnn_GT.png``, ground truth as published): fold k holds out every K-th field
+in name order (10 fields, 5 folds: EDF000+EDF005, EDF001+EDF009, …); its ``train/`` holds the other fields, its
+``test/`` the held-out ones, each as the same ISBI pair. No field is ever on both sides.
 
 Tiles are grouped by the source id in their name (``…_<source>_<row>x<col>.png``; augmented copies carry
 the same id), and each fold holds a disjoint group of sources out: fold k's ``train/`` and ``test/`` are
@@ -9,6 +14,7 @@ tile are edges of its source field, from the tile's row and column in a ``--fiel
 1024² fields cut into 512² tiles: 2). The ground truth leaves the nuclei cut by the field's edge unannotated
 but annotates those cut by a tile's inner edges.
 
+    python bench/make_folds.py --fields ../shared/data/isbi2014/EDF --out /tmp/folds --folds 5
     python bench/make_folds.py --tiles ../shared/data/edf-real/tiles --out /tmp/folds --folds 3
 """
 
@@ -28,6 +34,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from prep.atomic import publish, temp_dir_for  # noqa: E402
+from prep.edf import InputError, discover_png_pairs  # noqa: E402
 
 TILE_NAME = re.compile(r"(?:.*_)?(?P<source>[^_]+)_(?P<row>\d+)x(?P<col>\d+)$")
 
@@ -93,16 +100,56 @@ def make_folds(tiles: Path, out: Path, folds: int, field_grid: int = 2, overwrit
     return summary
 
 
+def make_field_folds(fields: Path, out: Path, folds: int, overwrite: bool = False) -> list[dict]:
+    """Folds of whole fields (ISBI pairs in ``fields``), written into ``out`` atomically as make_folds does."""
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty (use --overwrite to replace it)")
+    try:
+        refs = discover_png_pairs(fields)
+    except InputError as err:
+        raise ValueError(str(err)) from None
+    names = [ref.name for ref in refs]
+    if len(names) < folds:
+        raise ValueError(f"{fields}: {len(names)} fields cannot make {folds} folds")
+    by_name = {ref.name: ref for ref in refs}
+    summary = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_dir_for(out)
+    try:
+        for k in range(folds):
+            test_fields = names[k::folds]
+            train_fields = [name for name in names if name not in test_fields]
+            for side, members in (("test", test_fields), ("train", train_fields)):
+                folder = temp / f"fold{k}" / side
+                folder.mkdir(parents=True)
+                for name in members:
+                    shutil.copyfile(by_name[name].image_path, folder / f"{name}.png")
+                    shutil.copyfile(by_name[name].mask_path, folder / f"{name}_GT.png")
+            summary.append({"fold": k, "test_sources": test_fields, "train_sources": train_fields})
+        publish(temp, out, overwrite=True)  # out is missing, empty, or overwrite was asked for (checked above)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return summary
+
+
 @click.command()
-@click.option("--tiles", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--fields", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="ISBI-layout whole fields (EDFnnn.png + EDFnnn_GT.png): folds by field.")
+@click.option("--tiles", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Reference-style tiles (images/ + masks/): folds by the source in the tile names.")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--folds", type=click.IntRange(min=2), default=3, show_default=True)
 @click.option("--field-grid", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Tiles per side of a source field (field_edges.csv).")
+              help="With --tiles: tiles per side of a source field (field_edges.csv).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
-def main(tiles: Path, out: Path, folds: int, field_grid: int, overwrite: bool) -> None:
+def main(fields: Path | None, tiles: Path | None, out: Path, folds: int, field_grid: int, overwrite: bool) -> None:
+    if (fields is None) == (tiles is None):
+        raise click.UsageError("give one of --fields and --tiles")
     try:
-        summary = make_folds(tiles, out, folds, field_grid, overwrite)
+        if fields is not None:
+            summary = make_field_folds(fields, out, folds, overwrite)
+        else:
+            summary = make_folds(tiles, out, folds, field_grid, overwrite)
     except (ValueError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
     for fold in summary:

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import REPO, random_pair
+from tests.conftest import REPO, random_pair, write_edf_folder
 from tests.test_bench_real import TINY
 
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_folds import combine, fold_line, main, montage  # noqa: E402
 from make_folds import main as make_folds_main  # noqa: E402
-from make_folds import make_folds  # noqa: E402
+from make_folds import make_field_folds, make_folds  # noqa: E402
 
 
 def fold(k: int, dice_by_image: dict[str, float], fnro: float, seconds: float) -> dict:
@@ -42,6 +42,71 @@ def test_folds_weigh_the_same_however_many_images_they_hold():
     assert combined["folds"] == folds
     with pytest.raises(ValueError):
         combine([])
+
+
+def test_per_field_scores_are_kept_with_their_fold():
+    folds = [fold(0, {"a": 0.8, "b": 1.0}, fnro=0.1, seconds=10.0), fold(1, {"c": 0.7}, fnro=0.3, seconds=12.0)]
+    folds[0]["per_image"] = {"a": {"nucleus_dice": 0.8, "f1": 0.9, "fnro": 0.1, "n_extra": 1, "n_missed": 0,
+                                   "infer_seconds": 1.0},
+                             "b": {"nucleus_dice": 1.0, "f1": 1.0, "fnro": 0.0, "n_extra": 0, "n_missed": 0,
+                                   "infer_seconds": 3.0}}
+    folds[1]["per_image"] = {"c": {"nucleus_dice": 0.7, "f1": 0.5, "fnro": 0.5, "n_extra": 2, "n_missed": 3,
+                                   "infer_seconds": 2.0}}
+    combined = combine(folds)
+    assert combined["images"]["c"] == {"fold": 1, **folds[1]["per_image"]["c"]}
+    assert combined["field_dice_min"] == 0.7 and combined["train_seconds_max"] == 12.0
+    assert combined["f1_images"] == pytest.approx((0.9 + 1.0 + 0.5) / 3)
+    assert combined["infer_seconds_per_image"] == pytest.approx(2.0)
+
+
+def test_whole_field_folds_never_put_a_field_on_both_sides(tmp_path: Path):
+    fields = write_edf_folder(tmp_path / "EDF", count=10, height=64, width=64)
+    folds = make_field_folds(fields, tmp_path / "folds", 5)
+    assert [f["test_sources"] for f in folds] == [["EDF000", "EDF005"], ["EDF001", "EDF006"], ["EDF002", "EDF007"],
+                                                  ["EDF003", "EDF008"], ["EDF004", "EDF009"]]
+    held_out = []
+    for f in folds:
+        folder = tmp_path / "folds" / f"fold{f['fold']}"
+        test = {p.name for p in (folder / "test").iterdir()}
+        train = {p.name for p in (folder / "train").iterdir()}
+        assert test == {f"{n}{s}.png" for n in f["test_sources"] for s in ("", "_GT")}
+        assert train == {f"{n}{s}.png" for n in f["train_sources"] for s in ("", "_GT")}
+        assert test.isdisjoint(train) and len(test) + len(train) == 20
+        for name in test:  # the pairs themselves, byte for byte
+            assert (folder / "test" / name).read_bytes() == (fields / name).read_bytes()
+        held_out += f["test_sources"]
+    assert sorted(held_out) == [f"EDF{i:03d}" for i in range(10)]  # every field tested exactly once
+    with pytest.raises(ValueError, match="10 fields cannot make 11 folds"):
+        make_field_folds(fields, tmp_path / "more", 11)
+    (fields / "EDF003_GT.png").unlink()
+    with pytest.raises(ValueError, match="EDF003.png: image without ground truth"):
+        make_field_folds(fields, tmp_path / "broken", 2)
+    assert not (tmp_path / "broken").exists()
+
+
+def test_cli_runs_whole_field_folds_and_reports_every_field(tmp_path: Path):
+    fields = write_edf_folder(tmp_path / "EDF", count=4, height=128, width=128)
+    config = tmp_path / "tiny.config"
+    config.write_text(TINY)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["--fields", str(fields), "--folds", "2", "--out", str(out), "--config",
+                                       str(config), "--synth", "0", "--set", "train.epochs=1", "--prep-flags", "",
+                                       "--infer-flags", "--min-area 5 --exclude-border"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert sorted(summary["images"]) == [f"EDF{i:03d}.png" for i in range(4)]
+    for name, image in summary["images"].items():
+        fold = summary["folds"][image["fold"]]
+        assert name[:-4] in fold["test_sources"] and name[:-4] not in fold["train_sources"]
+        assert set(image) == {"fold", "nucleus_dice", "f1", "fnro", "n_extra", "n_missed", "infer_seconds"}
+        assert image["nucleus_dice"] == fold["per_image_dice"][name] and image["infer_seconds"] > 0
+    for f in summary["folds"]:  # whole fields: every edge is the field's, no field_edges.csv
+        assert f["infer_flags"] == "--min-area 5 --exclude-border"
+    fold_lines = [line for line in result.output.splitlines() if line.startswith("fold")]
+    assert len(fold_lines) == 2 and all("object F1" in line and "s per image at inference" in line
+                                        for line in fold_lines)
+    assert summary["field_dice_min"] == min(image["nucleus_dice"] for image in summary["images"].values())
+    assert CliRunner().invoke(main, ["--out", str(tmp_path / "x")]).exit_code == 2  # neither --fields nor --tiles
 
 
 def test_fold_line_reads_as_a_sentence():
