@@ -24,3 +24,14 @@ def publish(temp_dir: Path, out_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(old)
     else:
         temp_dir.rename(out_dir)
+
+
+def output_relation(output: Path, source: Path) -> str | None:
+    """How an output path stands to an input it must never touch: "is" it, "lies inside" it (a folder), "contains"
+    it, or None when apart. Both are resolved first (symbolic links and ``..`` included)."""
+    target, source = output.expanduser().resolve(), source.expanduser().resolve()
+    if target == source:
+        return "is"
+    if source.is_dir() and source in target.parents:
+        return "lies inside"
+    return "contains" if target in source.parents else None

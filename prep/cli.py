@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from prep import __version__
+from prep.atomic import output_relation
 from prep.augment import NO_AUGMENTATION, AugOptions, parse_centers, parse_floats, plan
 from prep.edf import InputError, discover
 from prep.imageio import ImageReadError
@@ -136,7 +137,8 @@ def cli() -> None:
 @click.option("--mat-image-key", help="Variable holding the images in a .mat input (default: guessed).")
 @click.option("--mat-mask-key", help="Variable holding the nuclei in the GT .mat (default: *Nuclei).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--progress/--no-progress", default=lambda: sys.stderr.isatty(), show_default="when stderr is a terminal",
+              help="Show a progress bar.")
 def run_command(input_path: Path, output_path: Path, masks_path: Path | None, exclude, gt_rule: str,
                 tile_size: int, skip_empty: bool, split_text: str, augment_splits: str, seed: int,
                 hflip: bool, vflip: bool, rotations, elastic_alpha: float, elastic_sigmas,
@@ -193,6 +195,15 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
         raise click.UsageError(str(err)) from err
 
     output_path = output_path.expanduser()
+    for given in (input_path, masks_path):
+        # A folder of sources: the output is neither it, nor inside it, nor around it; a file (.mat): neither it nor
+        # a folder that holds it (beside it is fine).
+        relation = output_relation(output_path, given) if given is not None else None
+        if relation:
+            kind = "folder" if given.expanduser().resolve().is_dir() else "file"
+            raise click.ClickException(f"--output {output_path} {relation} the input {kind} "
+                                       f"{given.expanduser().resolve()}: a dataset never goes where its sources are; "
+                                       "give another --output")
     if output_path.exists() and not overwrite:
         raise click.ClickException(f"{output_path} exists (use --overwrite to replace it)")
     if output_path.exists() and not output_path.is_dir():
@@ -254,7 +265,8 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
 @click.option("--size", type=click.IntRange(min=32), default=1024, show_default=True, help="Image edge.")
 @click.option("--seed", type=int, default=137, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--progress/--no-progress", default=lambda: sys.stderr.isatty(), show_default="when stderr is a terminal",
+              help="Show a progress bar.")
 def synth_command(output_path: Path, count: int, size: int, seed: int, overwrite: bool, progress: bool) -> None:
     """Generate a deterministic synthetic EDF-like sample (the built-in default data)."""
     from prep.atomic import publish, temp_dir_for

@@ -286,3 +286,14 @@ def test_ctrl_c_mid_run_leaves_nothing(tmp_path: Path):
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "around"])
+def test_output_is_never_the_input_folder(edf_folder: Path, where: str):
+    output = {"same": edf_folder, "inside": edf_folder / "tiles", "around": edf_folder.parent}[where]
+    before = tree_digest(edf_folder.parent)
+    result = CliRunner().invoke(cli, ["run", "--input", str(edf_folder), "--output", str(output), "--overwrite",
+                                      "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"the input folder {edf_folder.resolve()}" in result.output
+    assert tree_digest(edf_folder.parent) == before

@@ -63,6 +63,10 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[train]\nintensity_jitter = -0.1\n", "[train] intensity_jitter"),
     ("[train]\nrandom_blur = 5\n", "[train] random_blur"),
     ("[train]\naverage_weights = 1.0\n", "[train] average_weights"),
+    ("[train]\nsteps_per_epoch = 0\n", "[train] steps_per_epoch = 0: expected a positive value"),
+    ("[train]\nsteps_per_epoch = -3\n", "[train] steps_per_epoch"),
+    ("[train]\nvalidation_steps = 0\n", "[train] validation_steps"),
+    ("[train]\nmax_train_seconds = -5\n", "[train] max_train_seconds = -5: expected a positive value"),
     ("[mask]\nrgb_map = {(0,0,0):0,(255,255):1}\n", "[mask] rgb_map"),
     ("[mask]\nrgb_map = {(0,0,0):0,(255,255,255):2}\n", "num_classes"),
 ])

@@ -20,6 +20,10 @@ def _warn(message, category, filename, lineno, file=None, line=None):
 
 config_option = click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
                              help="INI config (the reference's train_eval_infer.config format).")
+# Keras' progress bar redraws itself with carriage returns: one line per epoch (verbose=2) reads better in a log.
+progress_option = click.option("--progress/--no-progress", default=lambda: sys.stdout.isatty(),
+                               show_default="when stdout is a terminal",
+                               help="Keras' progress bar per step; without it, one line per epoch.")
 set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                           help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
 
@@ -76,12 +80,13 @@ def cli() -> None:
 @config_option
 @set_option
 @click.option("--overwrite", is_flag=True, help="Replace a finished model in [train] model_dir.")
-def fit_command(config_path: Path, overrides, overwrite: bool) -> None:
+@progress_option
+def fit_command(config_path: Path, overrides, overwrite: bool, progress: bool) -> None:
     """Train from a config; a killed run resumes at its last finished epoch when run again."""
     config = _load(config_path, overrides)
     from train.fit import fit
 
-    summary = _run(lambda: fit(config, overwrite=overwrite))
+    summary = _run(lambda: fit(config, overwrite=overwrite, verbose=1 if progress else 2))
     click.echo(f"{'resumed and ' if summary['resumed'] else ''}trained {summary['epochs']} epoch(s) in "
                f"{summary['seconds']:.0f} s on {summary['replicas']} replica(s); best val_loss "
                f"{summary['best_val_loss']:.4f}")
@@ -92,12 +97,13 @@ def fit_command(config_path: Path, overrides, overwrite: bool) -> None:
 @config_option
 @set_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing evaluation.csv.")
-def evaluate_command(config_path: Path, overrides, overwrite: bool) -> None:
+@progress_option
+def evaluate_command(config_path: Path, overrides, overwrite: bool, progress: bool) -> None:
     """Score the best model on [test]: evaluation.csv (reference rows first) and per-tile scores."""
     config = _load(config_path, overrides)
     from train.evaluate import evaluate
 
-    result = _run(lambda: evaluate(config, overwrite=overwrite))
+    result = _run(lambda: evaluate(config, overwrite=overwrite, verbose=1 if progress else 2))
     width = max(len(name) for name, _ in result["rows"])
     for name, value in result["rows"]:
         click.echo(f"  {name:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {name:<{width}}  {value}")

@@ -192,8 +192,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "epoch_change_infer_dir": Key(_as_str, "./epoch_change_infer", path=True),
         "num_infer_images": Key(_as_int, 6, check=_non_negative),
         "save_weights_only": Key(_as_bool, True),
-        "steps_per_epoch": Key(_as_optional_int, None),
-        "validation_steps": Key(_as_optional_int, None),
+        "steps_per_epoch": Key(_as_optional_int, None, check=_positive),  # None: every tile once per epoch
+        "validation_steps": Key(_as_optional_int, None, check=_positive),
         # Ours, beyond the reference:
         "seed": Key(_as_int, 137),
         "mixed_precision": Key(_as_bool, False),
@@ -212,9 +212,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "random_blur": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= MAX_BLUR_SIGMA
                            else f"a value in [0, {MAX_BLUR_SIGMA:g}] (pixels)"),
         "foreground_bias": Key(_as_float, 0.0, check=lambda v: None if 0 <= v <= 1 else "a value in [0, 1]"),
-        "max_train_seconds": Key(lambda v: None if v is None else _as_float(v), None),
+        "max_train_seconds": Key(lambda v: None if v is None else _as_float(v), None, check=_positive),
         # Stochastic weight averaging over the last share of the run (0 = off); see train/callbacks.py.
         "average_weights": Key(_as_float, 0.0, check=_fraction),
+        # A trained-model folder (model.json beside its weights) to start from: fine-tuning on one's own fields.
+        "init_weights": Key(_as_str, None, path=True),
     },
     "valid": {
         "images_dir": Key(_as_str, "../../../dataset/Tiled-EDF-Cervical-Cytology/valid/images/", path=True),
