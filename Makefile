@@ -5,6 +5,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
 STAMP    = $(VENV)/.installed
+PEER_STAMP = $(VENV)/.installed-peers
 
 # Data: the built-in synthetic ISBI-style sample unless EDF_DIR points at the real ISBI 2014 Dataset/EDF.
 SAMPLE_DIR ?= data/sample/EDF
@@ -28,7 +29,7 @@ workers_flag   = $(if $(WORKERS),--workers $(WORKERS),)
 # pale-nucleus copies off.
 bench_prep_flag = $(if $(filter command environment,$(firstword $(origin PREP_FLAGS))),--prep-flags '$(PREP_FLAGS)',)
 
-.PHONY: help setup lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-gpu bench-real bench-folds bench-runs train evaluate summary infer clean
+.PHONY: help setup peers bench-peer lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-gpu bench-real bench-folds bench-runs train evaluate summary infer clean
 
 help:
 	@echo "make demo      set up, make the synthetic sample, prepare tiles, train demo_cpu, evaluate"
@@ -45,10 +46,18 @@ help:
 	@echo "make bench-gpu   reference model on a GPU, float32 vs mixed float16/bfloat16 (last line: JSON)"
 	@echo "make bench-real TRAIN_EDF=DIR TEST_EDF=DIR  train ≤15 min on CPU, score unseen images (last line: JSON)"
 	@echo "make bench-folds [FIELDS=DIR | TILES=DIR] [FOLDS=5]  bench-real on every fold of whole fields (or tiles) (JSON)"
-	@echo "make bench-runs  every recorded six-fold run (bench/results/loso_runs.csv): mean and spread per variant"
+	@echo "make bench-peer TRAIN_EDF=DIR TEST_EDF=DIR  StarDist 2D beside our model, same fields and budget (JSON)"
+	@echo "make bench-runs  every recorded fold run (tile and whole-field records): mean and spread per variant"
 	@echo "make lint      ruff"
 
 setup: $(STAMP)
+
+# StarDist, the peer of make bench-peer (a bench-only extra; the tests of its path skip without it).
+peers: $(PEER_STAMP)
+
+$(PEER_STAMP): $(STAMP)
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[dev,peers]'
+	touch $(PEER_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -96,12 +105,16 @@ demo: $(STAMP) $(SAMPLE_DIR)/EDF000.png
 	@echo "  tile dataset           $(DEMO_DIR)/dataset/{train,valid,test}/{images,masks}/"
 	@echo "  tile list + provenance $(DEMO_DIR)/dataset/manifest.csv, $(DEMO_DIR)/dataset/prep.json"
 	@echo "  dataset chart          $(DEMO_DIR)/dataset-stats.png"
-	@echo "  trained model          $(DEMO_DIR)/models/best.weights.h5 (+ TensorBoard logs in models/logs)"
+	@echo "  trained model          $(DEMO_DIR)/models/best.weights.h5, $(DEMO_DIR)/models/model.json (+ its config, logs/)"
 	@echo "  training curves        $(DEMO_DIR)/eval/train_losses.png, train_metrics.png (+ CSVs, history.json)"
 	@echo "  per-epoch predictions  $(DEMO_DIR)/epoch_change_infer/epoch_NNN.png (image | truth | prediction)"
 	@echo "  test scores            $(DEMO_DIR)/evaluation.csv, $(DEMO_DIR)/evaluation_per_image.csv"
 	@echo "  full-size predictions  $(DEMO_DIR)/infer/EDFnnn.png (mask), overlays/, predictions.csv, nuclei.csv,"
-	@echo "                         scores.csv: the test split's whole source images, never seen in training"
+	@echo "                         labels/ (16-bit ids), geojson/ (QuPath), scores.csv: the test split's whole"
+	@echo "                         source images, never seen in training"
+	@echo
+	@echo "predict your own images with this model (its folder describes itself: model.json):"
+	@echo "  $(BIN)/infer --model $(DEMO_DIR)/models --input YOUR_FOLDER --output YOUR_OUTPUT"
 
 train: $(STAMP)
 	$(BIN)/train fit --config $(CONFIG) $(TRAIN_FLAGS)
@@ -140,19 +153,29 @@ bench-real: $(STAMP)
 # FOLDS=5: two fields held out per fold, about 80 minutes on 2 cores), or of reference-style TILES (FOLDS=6 there is
 # leave-one-source-out); one line per fold, then one JSON object with per-field scores and the means.
 FIELDS ?= ../shared/data/isbi2014/EDF
-bench-folds: $(STAMP)
+bench-folds: $(STAMP) $(if $(filter 1 yes true,$(PEER)),$(PEER_STAMP),)
 	$(BIN)/python bench/bench_folds.py $(if $(TILES),--tiles $(TILES),--fields $(FIELDS)) \
+		$(if $(filter 1 yes true,$(PEER)),--peer,) \
 		$(if $(FOLDS),--folds $(FOLDS),) $(if $(OUT),--out $(OUT),) $(if $(SYNTH),--synth $(SYNTH),) \
 		$(if $(VALID_ON),--valid-on $(VALID_ON),) $(bench_prep_flag)
 
-# The recorded six-fold runs, summed up per variant (no training: reads bench/results/loso_runs.csv).
-# The pale copies' runs also pooled (with four and with eight TTA views): the README's figure for them.
+# StarDist 2D beside our model on TRAIN_EDF → TEST_EDF, same fields and budget (about 30 minutes on 2 cores);
+# PEER_ONLY=1 trains StarDist alone. make bench-folds PEER=1 runs both on every fold.
+bench-peer: $(STAMP) $(PEER_STAMP)
+	@test -n "$(TRAIN_EDF)" -a -n "$(TEST_EDF)" || { echo "usage: make bench-peer TRAIN_EDF=DIR TEST_EDF=DIR [OUT=DIR] [PEER_ONLY=1]" >&2; exit 2; }
+	$(BIN)/python bench/bench_peer.py --train-edf $(TRAIN_EDF) --test-edf $(TEST_EDF) $(if $(OUT),--out $(OUT),) \
+		$(if $(filter 1 yes true,$(PEER_ONLY)),--peer-only,)
+
+# Every recorded fold run, summed up per variant (no training): the tile folds (bench/results/loso_runs.csv, the
+# pale copies' runs also pooled), then the whole-field folds (bench/results/fields_runs.csv; record_run.py adds one).
 bench-runs: $(STAMP)
 	$(BIN)/python bench/loso_runs.py --pool 'pale copies'
+	$(BIN)/python bench/loso_runs.py --runs bench/results/fields_runs.csv --line 0.93
 
 # Default: the full-size source images of DATASET's test split, scored against their GT; or INPUT=file|dir [GT=dir].
+MODEL      ?=
 infer: $(STAMP)
-	$(BIN)/infer --config $(CONFIG) $(if $(INPUT),--input $(INPUT) $(if $(GT),--gt $(GT),),--dataset $(DATASET) \
+	$(BIN)/infer $(if $(MODEL),--model $(MODEL),--config $(CONFIG)) $(if $(INPUT),--input $(INPUT) $(if $(GT),--gt $(GT),),--dataset $(DATASET) \
 		--split $(SPLIT)) --overwrite $(INFER_FLAGS)
 
 clean:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -12,23 +13,35 @@ import click
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see train/cli.py
 
 
+def _finite(ctx, param, value):
+    """click's FloatRange lets NaN through (every comparison with it is false)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", ctx=ctx, param=param)
+    return value
+
+
 def _warn(message, category, filename, lineno, file=None, line=None):
     click.echo(f"warning: {message}", err=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
-              help="The training config (its model and [infer] folders).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="The training config (its model and [infer] folders). Or --model.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="A trained-model folder (a `train fit` model_dir: weights, config copy, model.json): no config "
+                   "file needed; give --input and --output.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config key.")
 @click.option("--input", "input_path", type=click.Path(path_type=Path),
               help="Image file or folder (default: [infer] images_dir). *_GT files are skipped.")
 @click.option("--output", "output_path", type=click.Path(path_type=Path),
               help="Output folder (default: [infer] output_dir).")
-@click.option("--overlap", type=click.FloatRange(0, 0.9), default=0.25, show_default=True,
+@click.option("--overlap", type=click.FloatRange(0, 0.9), default=0.25, show_default=True, callback=_finite,
               help="Tile overlap fraction; overlapping predictions are blended with Gaussian weights.")
 @click.option("--tta/--no-tta", default=False, show_default=True,
               help="Average the 4 flips (4× the prediction cost; --tta-mode 8 for all 8 rotations/flips, 8×).")
-@click.option("--tta-mode", type=click.Choice(["4", "8"]), default="4", show_default=True)
+@click.option("--tta-mode", type=click.Choice(["4", "8"]), default="4", show_default=True,
+              help="With --tta: 4 = the flips (identity, horizontal, vertical, both); 8 = all eight flips and "
+                   "quarter turns.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per predict.")
 @click.option("--save-prob", is_flag=True, help="Also write probabilities/<stem>.npy (float32 nucleus probability).")
 @click.option("--gt", "gt_dir", type=click.Path(path_type=Path),
@@ -37,10 +50,12 @@ def _warn(message, category, filename, lineno, file=None, line=None):
               help="A `prep run` output: predict the full-size source images of --split (scored against their GT).")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True,
               help="With --dataset: whose sources to predict.")
-@click.option("--mode", type=click.Choice(["full", "tiles"]), default="full", show_default=True,
-              help="tiles: images already the model's size are predicted whole, without resizing (the "
-                   "reference's mini-test); other sizes are stitched.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--mode", type=click.Choice(["full", "whole", "tiles"]), default="full", show_default=True,
+              help="full: stitched from overlapping model-size tiles (bounded memory, any size). whole: the image in "
+                   "one pass of the fully convolutional network (padded to its pooling multiple; images over "
+                   "4096² are stitched). tiles: images already the model's size are predicted whole, without "
+                   "resizing (the reference's mini-test); other sizes are stitched.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, callback=_finite,
               help="Nucleus probability above which a pixel is nucleus.")
 @click.option("--min-area", type=click.IntRange(min=0), default=0, show_default=True,
               help="Remove predicted nuclei smaller than this many pixels.")
@@ -52,13 +67,23 @@ def _warn(message, category, filename, lineno, file=None, line=None):
 @click.option("--field-edges", "field_edges_path", type=click.Path(path_type=Path),
               help="With --exclude-border: CSV (file,field_edges) naming, per image that is a tile of a larger "
                    "field, which of its edges (top bottom left right) are the field's. Unlisted images: all four.")
-@click.option("--split-touching", is_flag=True, help="Split touching nuclei (distance-transform watershed).")
+@click.option("--split-touching", is_flag=True,
+              help="Split touching nuclei (distance-transform watershed), in the mask (a background line between "
+                   "them), labels, GeoJSON and nuclei.csv alike.")
+@click.option("--labels/--no-labels", "write_labels", default=True, show_default=True,
+              help="labels/<name>.png: 16-bit instance ids (0 = background), the id column of nuclei.csv.")
+@click.option("--geojson/--no-geojson", "write_geojson", default=True, show_default=True,
+              help="geojson/<name>.geojson: one polygon per nucleus with its measurements (QuPath: File > Import "
+                   "objects).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@click.option("--progress/--no-progress", default=True)
-def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path | None, overlap: float, tta: bool,
+@click.option("--progress/--no-progress", default=lambda: sys.stderr.isatty(), show_default="when stderr is a terminal",
+              help="Show a progress bar (one step per image).")
+def cli(config_path: Path | None, model_path: Path | None, overrides, input_path: Path | None,
+        output_path: Path | None, overlap: float, tta: bool,
         tta_mode: str, batch_size: int, save_prob: bool, gt_dir: Path | None, dataset_path: Path | None, split: str,
         mode: str, threshold: float, min_area: int, fill_holes: bool, exclude_border: bool,
-        field_edges_path: Path | None, split_touching: bool, overwrite: bool, progress: bool) -> None:
+        field_edges_path: Path | None, split_touching: bool, write_labels: bool, write_geojson: bool, overwrite: bool,
+        progress: bool) -> None:
     """Predict full-size nucleus masks: mask PNG (same size, 0/255), overlays/, predictions.csv, nuclei.csv,
     and with --gt scores.csv."""
     warnings.showwarning = _warn
@@ -66,7 +91,7 @@ def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path
 
     from infer.run import (
         InferError,
-        InferOptions,
+        check_output,
         dataset_sources,
         find_truth,
         list_inputs,
@@ -77,7 +102,18 @@ def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path
     from train.fit import TrainError
 
     try:
-        config = load_config(config_path, overrides)
+        if (config_path is None) == (model_path is None):
+            raise InferError("give one of --config (a training config) and --model (a trained-model folder)")
+        if model_path is not None:
+            from train.card import config_of_model
+
+            if input_path is None and dataset_path is None:
+                raise InferError("--model needs --input (or --dataset): a model folder has no [infer] images_dir")
+            if output_path is None:
+                raise InferError("--model needs --output: a model folder has no [infer] output_dir")
+            config = config_of_model(model_path, overrides)
+        else:
+            config = load_config(config_path, overrides)
         truth_of = None
         if dataset_path is not None:
             if input_path is not None:
@@ -100,18 +136,23 @@ def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path
             if unknown:
                 warnings.warn(f"{field_edges_path}: {len(unknown)} listed file(s) not among the inputs "
                               f"(first: {unknown[0]})", stacklevel=1)
+        output = (output_path or config.infer.output_dir).expanduser()
+        check_output(output, [path.parent for path in inputs] + ([gt_dir] if gt_dir is not None else [])
+                     + [truth.parent for truth in (truths.values() if dataset_path is not None else [])])
+        if output.exists() and not overwrite:
+            raise InferError(f"{output} exists (use --overwrite to replace it)")
         from train.evaluate import load_trained
 
-        model = load_trained(config)
-        options = InferOptions(overlap=overlap, tta=int(tta_mode) if tta else 0, batch_size=batch_size,
+        model = load_trained(config, (None, None) if mode == "whole" else None)
+        options = options_from(config, overlap=overlap, tta=tta, tta_mode=tta_mode, batch_size=batch_size,
                                save_prob=save_prob, mode=mode, threshold=threshold, min_area=min_area,
                                fill_holes=fill_holes, exclude_border=exclude_border, field_edges=field_edges,
-                               split_touching=split_touching)
-        output = (output_path or config.infer.output_dir).expanduser()
+                               split_touching=split_touching, write_labels=write_labels, write_geojson=write_geojson)
+        record = run_record(config, options, model_path, len(inputs))
         bar = tqdm(total=len(inputs), unit="image", desc="infer", disable=not progress, file=sys.stderr)
         try:
             result = predict_folder(config, model, inputs, output, options, truth_of, overwrite,
-                                    progress=lambda _: bar.update(1))
+                                    progress=lambda _: bar.update(1), record=record)
         finally:
             bar.close()
     except (ConfigError, InferError, TrainError) as err:
@@ -121,8 +162,10 @@ def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path
         sys.exit(130)
 
     done = len(result.rows)
-    click.echo(f"predicted {done} image(s) into {output}: masks, overlays/, predictions.csv, nuclei.csv"
-               + (", probabilities/" if save_prob else "") + (", scores.csv" if result.scores else ""))
+    click.echo(f"predicted {done} image(s) into {output}: masks, overlays/, "
+               + ("labels/, " if write_labels else "") + ("geojson/, " if write_geojson else "")
+               + "predictions.csv, nuclei.csv" + (", probabilities/" if save_prob else "")
+               + (", scores.csv" if result.scores else ""))
     if result.pooled:
         p = result.pooled
         click.echo(f"scores over {len(result.scores)} image(s): nucleus Dice {p['nucleus_dice']:.4f} (pooled), "
@@ -134,6 +177,39 @@ def cli(config_path: Path, overrides, input_path: Path | None, output_path: Path
         click.echo(f"error: {len(result.failures)} image(s) could not be read: {', '.join(result.failures)}",
                    err=True)
         sys.exit(1)
+
+
+def options_from(config, *, overlap: float, tta: bool, tta_mode: str, batch_size: int, mode: str, threshold: float,
+                 min_area: int, fill_holes: bool, exclude_border: bool, split_touching: bool, save_prob: bool = False,
+                 field_edges=None, write_labels: bool = True, write_geojson: bool = True, **_ignored):
+    """InferOptions from the CLI's values (the benches parse flags with ``cli.make_context`` and call this too)."""
+    from infer.run import InferOptions
+
+    m = config.model
+    return InferOptions(multiple=m.downsample * 2 ** (m.num_layers - 1), overlap=overlap,
+                        tta=int(tta_mode) if tta else 0, batch_size=batch_size, save_prob=save_prob, mode=mode,
+                        threshold=threshold, min_area=min_area, fill_holes=fill_holes, exclude_border=exclude_border,
+                        field_edges=field_edges or {}, split_touching=split_touching, labels=write_labels,
+                        geojson=write_geojson)
+
+
+def run_record(config, options, model_path: Path | None, inputs: int) -> dict:
+    """infer.json: how these outputs were made (options, the model and its weights' checksum, versions)."""
+    import dataclasses
+    import shlex
+
+    from train.card import file_sha256, versions
+    from train.fit import run_paths
+
+    paths = run_paths(config)
+    weights = paths.best if paths.best.exists() else paths.best_model
+    return {
+        "tool": "infer", "command": shlex.join(["infer", *sys.argv[1:]]),
+        "options": {**dataclasses.asdict(options), "field_edges": dict(options.field_edges)},
+        "model": {"folder": str(paths.model_dir), "given_as": "--model" if model_path else "--config",
+                  "config": str(config.path), "weights": str(weights), "weights_sha256": file_sha256(weights)},
+        "inputs": inputs, "versions": versions(),
+    }
 
 
 def main() -> None:

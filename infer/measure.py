@@ -219,6 +219,23 @@ def label_nuclei(
     return labels
 
 
+def separate_touching(labels: np.ndarray) -> np.ndarray:
+    """The labels with a background line between touching nuclei: every pixel that has an 8-neighbour of a lower,
+    non-zero id becomes 0, so the mask ``labels > 0`` holds the split nuclei apart (8-connected) and a label image,
+    its polygons and the mask agree pixel for pixel."""
+    padded = np.pad(labels, 1)
+    height, width = labels.shape
+    touching = np.zeros(labels.shape, bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                neighbour = padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+                touching |= (neighbour > 0) & (neighbour < labels)
+    separated = labels.copy()
+    separated[touching] = 0
+    return separated
+
+
 def _grey_values(image: np.ndarray, flat_index: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Grey level (float64) of the image at the given flat pixel indices; colour is the mean over channels."""
     image = np.asarray(image)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prep.atomic import publish, temp_dir_for
+from prep.atomic import output_relation, publish, temp_dir_for
 from prep.imageio import ImageReadError, read_image, write_png
 from prep.truth import OUTLINE, TruthError, describe, read_truth
 from train.config import Config
@@ -34,7 +34,9 @@ class InferOptions:
     tta: int = 0  # 0, 4 (flips) or 8 (dihedral)
     batch_size: int = 4
     save_prob: bool = False
-    mode: str = "full"  # full | tiles
+    mode: str = "full"  # full: stitched tiles | whole: one pass when ≤ whole_max_pixels | tiles: see infer --mode
+    whole_max_pixels: int = 4096 * 4096  # larger images are stitched, which bounds memory by the tile
+    multiple: int = 1  # with whole: the network's pooling multiple (downsample × 2^(num_layers − 1))
     threshold: float = 0.5
     min_area: int = 0
     fill_holes: bool = False
@@ -43,6 +45,8 @@ class InferOptions:
     field_edges: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     split_touching: bool = False
     weighting: str = "gaussian"
+    labels: bool = True  # labels/<stem>.png, 16-bit instance ids
+    geojson: bool = True  # geojson/<stem>.geojson, one polygon per nucleus (QuPath)
 
 
 @dataclass
@@ -63,7 +67,25 @@ def list_inputs(source: Path) -> list[Path]:
                     and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(GT_SUFFIX))
     if not images:
         raise InferError(f"{source}: no images to predict (looked for {', '.join(IMAGE_SUFFIXES)}, *_GT ignored)")
+    by_stem: dict[str, Path] = {}
+    for image in images:  # outputs are named by stem: a.png and a.jpg would write one mask
+        if image.stem in by_stem:
+            raise InferError(f"{by_stem[image.stem]} and {image}: two inputs with one name; their outputs would "
+                             "overwrite each other (rename or move one)")
+        by_stem[image.stem] = image
     return images
+
+
+def check_output(output: Path, folders: Sequence[Path]) -> None:
+    """An output folder is never an input: not an existing file, not one of ``folders`` (the inputs' and the
+    ground truth's), not inside one, not holding one. Checked before anything is written or replaced."""
+    if output.exists() and not output.is_dir():
+        raise InferError(f"--output {output} is an existing file, not a folder")
+    for folder in sorted({Path(f).expanduser().resolve() for f in folders}):
+        relation = output_relation(output, folder)
+        if relation:
+            raise InferError(f"--output {output} {relation} the input folder {folder}: predictions never go "
+                             "where the images (or their ground truth) are; give another --output")
 
 
 def read_field_edges(path: Path) -> dict[str, tuple[str, ...]]:
@@ -133,17 +155,25 @@ def make_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
     return predict_batch
 
 
+def whole_pass(options: InferOptions, height: int, width: int) -> bool:
+    return options.mode == "whole" and height * width <= options.whole_max_pixels
+
+
 def predict_probability(image: np.ndarray, predict_batch, tile: int, options: InferOptions,
                         probability_out=None, confidence_out: np.ndarray | None = None):
     """Nucleus mask (bool H×W) by streaming the stitched prediction band by band; the nucleus probability
     (1 − background) goes into ``probability_out[y0:y1]`` (an array, or an NpyRowWriter) when given, and rounded
     to k/255 into ``confidence_out`` (uint8 H×W: a quarter of float32's memory, enough for per-nucleus means)."""
-    from infer.stitch import stream_predict
+    from infer.stitch import stream_predict, whole_predict
 
     height, width = image.shape[:2]
     mask = np.zeros((height, width), bool)
-    for y0, y1, band in stream_predict(image, predict_batch, tile, options.overlap, options.batch_size,
-                                       options.weighting, options.tta):
+    if whole_pass(options, height, width):
+        bands = [(0, height, whole_predict(image, predict_batch, options.multiple, options.tta))]
+    else:
+        bands = stream_predict(image, predict_batch, tile, options.overlap, options.batch_size, options.weighting,
+                               options.tta)
+    for y0, y1, band in bands:
         nucleus = 1.0 - band[:, :, 0]
         mask[y0:y1] = (nucleus > options.threshold) if band.shape[2] == 2 else band.argmax(axis=2) >= 1
         if probability_out is not None:
@@ -203,36 +233,106 @@ def _read_truth(image: Path, shape: tuple[int, ...], truth_of: Callable[[Path], 
     return truth.mask
 
 
+@dataclass
+class ImageResult:
+    """Everything one image's prediction gives: the outputs are written from this alone (``write_image``)."""
+
+    path: Path
+    mask: np.ndarray  # bool H×W, after clean-up
+    labels: np.ndarray  # int32 H×W instance ids, 0 = background (split with --split-touching)
+    nuclei: list[dict]  # measure_nuclei rows, one per label id
+    truth: np.ndarray | None  # the ground-truth mask it was scored against
+    scores: dict | None  # score_masks(truth, mask)
+    row: dict  # its predictions.csv row
+
+
+def predict_image(path: Path, rgb: np.ndarray, truth: np.ndarray | None, config: Config, predict_batch,
+                  options: InferOptions, probability_out=None) -> ImageResult:
+    """One image: probabilities → mask → clean-up → labels → measurements → scores (no file written but the
+    streamed ``probability_out``)."""
+    from infer.measure import EDGES, clean_mask, label_nuclei, measure_nuclei, separate_touching
+    from infer.stitch import count_tiles
+    from train.metrics import score_masks
+
+    start = time.monotonic()
+    tile = config.model.image_height
+    height, width = rgb.shape[:2]
+    tiles_mode = options.mode == "tiles" and (height, width) == (tile, tile)
+    tile_options = InferOptions(**{**options.__dict__, "overlap": 0.0}) if tiles_mode else options
+    confidence = np.zeros((height, width), np.uint8)
+    mask, _ = predict_probability(model_input(rgb, config), predict_batch, tile, tile_options, probability_out,
+                                  confidence)
+    mask = clean_mask(mask, options.min_area, options.fill_holes, options.exclude_border,
+                      options.field_edges.get(path.name, EDGES))
+    labels = label_nuclei(mask, options.split_touching)
+    if options.split_touching:  # mask, labels, GeoJSON and table show the same split nuclei
+        labels = separate_touching(labels)
+        mask = labels > 0
+    nuclei = measure_nuclei(labels, rgb, confidence)
+    row = {"file": path.name, "height": height, "width": width,
+           "tiles": 1 if tiles_mode or whole_pass(options, height, width)
+           else count_tiles(height, width, tile, options.overlap),
+           "nuclei": len(nuclei), "nucleus_area_fraction": float(mask.mean()),
+           "seconds": time.monotonic() - start}
+    scores = score_masks(truth, mask) if truth is not None else None
+    return ImageResult(path, mask, labels, nuclei, truth, scores, row)
+
+
+def write_image(folder: Path, result: ImageResult, rgb: np.ndarray, options: InferOptions) -> None:
+    """Every per-image output of ``result``: mask, labels, GeoJSON, overlay (drawn on ``rgb`` itself: its last use)."""
+    import json
+
+    from infer.measure import draw_overlay
+    from infer.outputs import label_image, nuclei_geojson
+
+    stem = result.path.stem
+    write_png(folder / f"{stem}.png", result.mask.astype(np.uint8) * 255)
+    if options.labels:
+        ids, suffix = label_image(result.labels)
+        if suffix == ".png":
+            write_png(folder / "labels" / f"{stem}.png", ids)
+        else:
+            import cv2
+
+            warnings.warn(f"{result.path.name}: {int(ids.max())} nuclei, more than a 16-bit PNG holds: "
+                          f"labels/{stem}.tif is 32-bit", stacklevel=2)
+            if not cv2.imwrite(str(folder / "labels" / f"{stem}.tif"), ids, [cv2.IMWRITE_TIFF_COMPRESSION, 1]):
+                raise OSError(f"cannot write labels/{stem}.tif")
+    if options.geojson:
+        text = json.dumps(nuclei_geojson(result.labels, result.nuclei), separators=(",", ":"))
+        (folder / "geojson" / f"{stem}.geojson").write_text(text + "\n")
+    write_png(folder / "overlays" / f"{stem}.png", draw_overlay(rgb, result.labels, truth=result.truth,
+                                                                  in_place=True))
+
+
 def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, options: InferOptions,
                    truth_of: Callable[[Path], Path | None] | None = None, overwrite: bool = False,
-                   progress: Callable[[Path], None] | None = None) -> InferResult:
+                   progress: Callable[[Path], None] | None = None, record: dict | None = None) -> InferResult:
     """Predict every input into a temp folder beside ``output``, then rename it into place; ``truth_of``
-    gives an input's ground truth to score against (None: not scored)."""
-    from infer.measure import EDGES, MEASUREMENT_COLUMNS, clean_mask, draw_overlay, label_nuclei, measure_nuclei
-    from infer.stitch import count_tiles
-    from train.metrics import pool_scores, score_masks
+    gives an input's ground truth to score against (None: not scored); ``record`` becomes infer.json."""
+    from infer.measure import MEASUREMENT_COLUMNS
+    from train.metrics import pool_scores
 
     if output.exists() and not overwrite:
         raise InferError(f"{output} exists (use --overwrite to replace it)")
+    if config.model.image_width != config.model.image_height:
+        raise InferError(f"{config.path}: stitching needs square tiles, [model] image_width ≠ image_height")
     temp = temp_dir_for(output)
     try:
         if temp.exists():
             shutil.rmtree(temp)
-        (temp / "overlays").mkdir(parents=True)
-        if options.save_prob:
-            (temp / "probabilities").mkdir()
+        folders = ["overlays", *(["labels"] if options.labels else []), *(["geojson"] if options.geojson else []),
+                   *(["probabilities"] if options.save_prob else [])]
+        for name in folders:
+            (temp / name).mkdir(parents=True)
     except OSError as err:
         raise InferError(f"{output}: cannot write the output folder ({err.strerror or err})") from None
 
-    tile = config.model.image_height
-    if config.model.image_width != tile:
-        raise InferError(f"{config.path}: stitching needs square tiles, [model] image_width ≠ image_height")
     predict_batch = make_predictor(model)
     result = InferResult()
     nuclei_rows: list[dict] = []
     try:
         for path in inputs:
-            start = time.monotonic()
             try:
                 rgb = read_image(path)
                 truth = _read_truth(path, rgb.shape[:2], truth_of)
@@ -242,36 +342,24 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
                 if progress:
                     progress(path)
                 continue
-            height, width = rgb.shape[:2]
-            image = model_input(rgb, config)
             probability = None
             if options.save_prob:
-                probability = NpyRowWriter(temp / "probabilities" / f"{path.stem}.npy", (height, width))
-            tiles_mode = options.mode == "tiles" and (height, width) == (tile, tile)
-            tile_options = InferOptions(**{**options.__dict__, "overlap": 0.0}) if tiles_mode else options
-            confidence = np.zeros((height, width), np.uint8)
-            mask, probability = predict_probability(image, predict_batch, tile, tile_options, probability,
-                                                    confidence)
+                probability = NpyRowWriter(temp / "probabilities" / f"{path.stem}.npy", rgb.shape[:2])
+            image = predict_image(path, rgb, truth, config, predict_batch, options, probability)
             if probability is not None:
                 probability.close()
-            mask = clean_mask(mask, options.min_area, options.fill_holes, options.exclude_border,
-                              options.field_edges.get(path.name, EDGES))
-            labels = label_nuclei(mask, options.split_touching)
-            write_png(temp / f"{path.stem}.png", (mask.astype(np.uint8) * 255))
-            if truth is not None:
-                result.scores.append({"file": path.name, **score_masks(truth, mask)})
-            for nucleus in measure_nuclei(labels, rgb, confidence):
-                nuclei_rows.append({"image": path.name, **nucleus})
-            # Last use of the image: draw on it rather than on a copy (peak memory on large scans).
-            write_png(temp / "overlays" / f"{path.stem}.png", draw_overlay(rgb, labels, truth=truth, in_place=True))
-            result.rows.append({
-                "file": path.name, "height": height, "width": width,
-                "tiles": 1 if tiles_mode else count_tiles(height, width, tile, options.overlap),
-                "nuclei": int(labels.max()), "nucleus_area_fraction": float(mask.mean()),
-                "seconds": time.monotonic() - start,
-            })
+            write_image(temp, image, rgb, options)
+            nuclei_rows.extend({"image": path.name, **nucleus} for nucleus in image.nuclei)
+            if image.scores is not None:
+                result.scores.append({"file": path.name, **image.scores})
+            result.rows.append(image.row)
             if progress:
                 progress(path)
+        if record is not None:
+            import json
+
+            summary = {"predicted": len(result.rows), "failed": result.failures}
+            (temp / "infer.json").write_text(json.dumps({**record, **summary}, indent=1, default=str) + "\n")
         _write_csv(temp / "predictions.csv", PREDICTION_COLUMNS, result.rows)
         _write_csv(temp / "nuclei.csv", ("image", *MEASUREMENT_COLUMNS), nuclei_rows)
         if result.scores:

@@ -231,6 +231,22 @@ def stream_predict(image: np.ndarray, predict_batch: PredictBatch, tile: int, ov
             top = final
 
 
+def whole_predict(image: np.ndarray, predict_batch: PredictBatch, multiple: int, tta: int = 0) -> np.ndarray:
+    """Probabilities (H, W, K) float32 of the whole image in one pass of a fully convolutional network: reflected
+    (BORDER_REFLECT_101) up to the next ``multiple`` of rows and columns (the network's pooling), predicted with
+    ``tta``, cropped back. No tile overlap is predicted twice; the memory is the network's on the whole image.
+    Rotations need a square input, so a non-square image with tta 8 is padded to a square first."""
+    image = _validate(image, 1, 1, "gaussian", tta)
+    height, width = image.shape[:2]
+    padded_height, padded_width = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+    if tta == 8:
+        padded_height = padded_width = max(padded_height, padded_width)
+    rows = _reflect_101(np.arange(padded_height), height)
+    cols = _reflect_101(np.arange(padded_width), width)
+    padded = image if (padded_height, padded_width) == (height, width) else image[np.ix_(rows, cols)]
+    return flip_tta(padded[None], predict_batch, tta)[0, :height, :width]
+
+
 def sliding_window_predict(image: np.ndarray, predict_batch: PredictBatch, tile: int, overlap: float = 0.25,
                            batch_size: int = 4, weighting: str = "gaussian", tta: int = 0,
                            stats: StreamStats | None = None) -> np.ndarray:

@@ -50,3 +50,14 @@ def test_make_demo_runs_end_to_end_and_lists_files_that_exist(tmp_path: Path):
     train_sources = {row["source"] for row in manifest if row["split"] == "train"}
     assert test_sources and not test_sources & {Path(s).stem for s in train_sources}  # predicted sources unseen
     assert len(list((demo / "infer" / "overlays").glob("*.png"))) == len(test_sources)
+
+    # The closing command predicts one's own folder with the model just trained, as printed.
+    printed = next(line.strip() for line in listed.splitlines() if "--model" in line)
+    own = tmp_path / "my-fields"
+    own.mkdir()
+    shutil.copyfile(sample / "EDF000.png", own / "field.png")
+    command = printed.replace("YOUR_FOLDER", str(own)).replace("YOUR_OUTPUT", str(tmp_path / "mine")).split()
+    mine = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=300)
+    assert mine.returncode == 0, mine.stderr[-3000:]
+    assert (tmp_path / "mine" / "field.png").is_file() and (tmp_path / "mine" / "geojson" / "field.geojson").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import cv2
@@ -75,8 +76,9 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_outputs_match_input_sizes_and_ground_truth_is_scored(project: Path, tmp_path: Path):
     out = tmp_path / "out"
+    # No GeoJSON or labels here (test_infer_outputs checks them): an untrained model's noise is 10⁵ "nuclei".
     result = invoke("--config", project, "--output", out, "--gt", project.parent / "images", "--save-prob",
-                    "--no-progress")
+                    "--no-geojson", "--no-labels", "--no-progress")
     assert result.exit_code == 0, result.output
     rows = read_csv(out / "predictions.csv")
     assert sorted(r["file"] for r in rows) == sorted(f"EDF{h}x{w}.png" for h, w in SIZES)  # *_GT not predicted
@@ -117,7 +119,8 @@ def test_outputs_match_input_sizes_and_ground_truth_is_scored(project: Path, tmp
 def test_exclude_border_drops_exactly_the_nuclei_cut_by_the_edge(project: Path, tmp_path: Path):
     from infer.measure import clean_mask
 
-    common = ["--config", project, "--input", project.parent / "images", "--min-area", "5", "--no-progress"]
+    common = ["--config", project, "--input", project.parent / "images", "--min-area", "5", "--no-geojson",
+              "--no-progress"]
     assert invoke(*common, "--output", tmp_path / "plain").exit_code == 0
     result = invoke(*common, "--output", tmp_path / "inside", "--exclude-border")
     assert result.exit_code == 0, result.output
@@ -149,7 +152,7 @@ def test_exclude_border_drops_exactly_the_nuclei_cut_by_the_edge(project: Path, 
 
 
 def test_field_edges_table_errors_name_the_file_line_and_flag(project: Path, tmp_path: Path):
-    common = ["--config", project, "--input", project.parent / "images", "--no-progress"]
+    common = ["--config", project, "--input", project.parent / "images", "--no-geojson", "--no-progress"]
     table = tmp_path / "edges.csv"
     table.write_text("file,field_edges\nEDF300x300.png,top\n")
     result = invoke(*common, "--output", tmp_path / "o1", "--field-edges", table)
@@ -188,7 +191,7 @@ def test_unreadable_image_is_skipped_and_reported(project: Path, tmp_path: Path)
     cv2.imwrite(str(folder / "good.png"), random_pair(np.random.default_rng(3), 100, 120)[0])
     (folder / "broken.png").write_text("not a picture")
     out = tmp_path / "out"
-    result = invoke("--config", project, "--input", folder, "--output", out, "--no-progress")
+    result = invoke("--config", project, "--input", folder, "--output", out, "--no-geojson", "--no-progress")
     assert result.exit_code != 0
     assert "broken.png" in result.output and "Traceback" not in result.output
     assert (out / "good.png").is_file() and not (out / "broken.png").exists()
@@ -228,14 +231,66 @@ def test_outline_ground_truth_is_filled_and_open_contours_skip_only_their_image(
     scored = {}
     for label, gt in (("filled", images), ("outline", outlines)):
         result = invoke("--config", project, "--input", inputs, "--output", tmp_path / label, "--gt", gt,
-                        "--no-progress")
+                        "--no-geojson", "--no-progress")
         assert result.exit_code == 0, result.output
         scored[label] = next(r for r in read_csv(tmp_path / label / "scores.csv") if r["file"] == "EDF300x300.png")
     assert "outline-gt/EDF300x300_GT.png: outline ground truth" in result.output
     assert scored["outline"] == scored["filled"]  # the outlines, filled, are the same nuclei
     cv2.imwrite(str(outlines / "EDF300x300_GT.png"), arcs)
     result = invoke("--config", project, "--input", inputs, "--output", tmp_path / "open", "--gt", outlines,
-                    "--no-progress")
+                    "--no-geojson", "--no-progress")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "EDF300x300_GT.png" in result.output and "do not close" in result.output
     assert [r["file"] for r in read_csv(tmp_path / "open" / "predictions.csv")] == ["EDF512x1536.png"]
+
+
+def test_an_output_is_never_the_input_nor_a_file(project: Path, tmp_path: Path):
+    from tests.conftest import tree_digest
+
+    images = tmp_path / "scans"
+    images.mkdir()
+    (images / "EDF300x300.png").symlink_to(project.parent / "images" / "EDF300x300.png")
+    (tmp_path / "notes.txt").write_text("mine")
+    cases = {"is": images, "lies inside": images / "out", "contains": tmp_path}
+    before = tree_digest(tmp_path)
+    for relation, output in cases.items():
+        result = invoke("--config", project, "--input", images, "--output", output, "--overwrite", "--no-progress")
+        assert result.exit_code == 1 and "Traceback" not in result.output, relation
+        assert f"{relation} the input folder {images.resolve()}" in result.output, (relation, result.output)
+    result = invoke("--config", project, "--input", images, "--output", tmp_path / "notes.txt", "--overwrite",
+                    "--no-progress")
+    assert result.exit_code == 1 and "notes.txt is an existing file" in result.output
+    gt = invoke("--config", project, "--input", images, "--gt", project.parent / "images",
+                "--output", project.parent / "images" / "predictions", "--no-progress")
+    assert gt.exit_code == 1 and "the input folder" in gt.output  # the ground truth's folder counts too
+    assert tree_digest(tmp_path) == before and not (images / "out").exists()
+
+
+@pytest.mark.parametrize("flag", ["--overlap", "--threshold"])
+def test_nan_options_are_refused(project: Path, tmp_path: Path, flag: str):
+    result = invoke("--config", project, flag, "nan", "--output", tmp_path / "out", "--no-progress")
+    assert result.exit_code == 2 and flag in result.output and "finite" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_inputs_with_one_name_are_refused_before_work(project: Path, tmp_path: Path):
+    images = tmp_path / "scans"
+    images.mkdir()
+    source = cv2.imread(str(project.parent / "images" / "EDF300x300.png"))
+    cv2.imwrite(str(images / "a.png"), source)
+    cv2.imwrite(str(images / "a.jpg"), source)
+    result = invoke("--config", project, "--input", images, "--output", tmp_path / "out", "--no-progress")
+    assert result.exit_code == 1 and "a.jpg" in result.output and "a.png" in result.output
+    assert "two inputs with one name" in result.output and not (tmp_path / "out").exists()
+
+
+def test_whole_mode_predicts_each_image_in_one_pass(project: Path, tmp_path: Path):
+    out = tmp_path / "whole"
+    result = invoke("--config", project, "--output", out, "--mode", "whole", "--tta", "--tta-mode", "8",
+                    "--no-geojson", "--no-progress")
+    assert result.exit_code == 0, result.output
+    for row in read_csv(out / "predictions.csv"):
+        assert row["tiles"] == "1", row
+        mask = cv2.imread(str(out / row["file"]), cv2.IMREAD_UNCHANGED)
+        assert mask.shape[:2] == (int(row["height"]), int(row["width"]))
+    assert json.loads((out / "infer.json").read_text())["options"]["mode"] == "whole"

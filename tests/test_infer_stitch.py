@@ -19,6 +19,7 @@ from infer.stitch import (
     sliding_window_predict,
     stream_predict,
     tile_starts,
+    whole_predict,
 )
 
 
@@ -305,3 +306,24 @@ def test_a_predictor_returning_the_wrong_shape_is_named():
 def test_assemble_tiles_refuses_a_partial_grid():
     with pytest.raises(ValueError):
         assemble_tiles(np.zeros((2, 4, 4, 1)), 8, 6, 4)
+
+
+@pytest.mark.parametrize("tta", [0, 4, 8])
+def test_whole_pass_equals_the_stitched_result_for_a_pointwise_network(tta: int):
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0, 1, (90, 130, 1)).astype(np.float32)  # neither a multiple of 16 nor square
+    calls = []
+
+    def pointwise(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape)
+        assert batch.shape[1] % 16 == 0 and batch.shape[2] % 16 == 0  # padded to the pooling multiple
+        return np.concatenate([1 - batch, batch], axis=3)
+
+    whole = whole_predict(image, pointwise, 16, tta)
+    assert whole.shape == (90, 130, 2) and whole.dtype == np.float32
+    np.testing.assert_allclose(whole[:, :, 1], image[:, :, 0], atol=1e-6)
+    assert len(calls) == max(tta, 1) and all(shape[0] == 1 for shape in calls)  # one image, one call per view
+    if tta == 8:
+        assert calls[0][1] == calls[0][2] == 144  # rotations need a square: padded to 144²
+    stitched = sliding_window_predict(image, pointwise, 64, 0.25, tta=tta)
+    np.testing.assert_allclose(whole, stitched, atol=1e-5)

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from prep.cli import cli as prep_cli
 from tests.conftest import REPO, SHARED, write_edf_folder
 from train.cli import cli as train_cli
-from train.config import load_config
+from train.config import ConfigError, load_config
 
 TINY = """
 [model]
@@ -252,7 +252,7 @@ def test_mirrored_strategy_on_two_logical_cpus_with_mixed_precision(tmp_path: Pa
 _MIRRORED_AVERAGING = """
 import json, sys
 import keras, numpy as np
-from train.config import load_config
+from train.config import ConfigError, load_config
 from train.fit import build_model, fit, run_paths
 from train.callbacks import batch_norm_layers
 
@@ -512,3 +512,90 @@ def test_same_seed_and_step_budget_train_identical_weights(tmp_path: Path, tiny_
     other = _trained_weights(tmp_path / "other", tiny_dataset, seed=12)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_a_log_gets_one_line_per_epoch_and_no_carriage_return_bars(tmp_path: Path, tiny_dataset: Path):
+    config = make_run(tmp_path, tiny_dataset, epochs=2)
+    logged = invoke("fit", "--config", config)  # CliRunner's stdout is no terminal, as a log file or CI
+    assert logged.exit_code == 0, logged.output
+    assert "\r" not in logged.output and "\x1b[" not in logged.output
+    assert [line.split()[0] for line in logged.output.splitlines() if line.startswith("Epoch ")] == ["Epoch", "Epoch"]
+    asked = invoke("fit", "--config", config, "--overwrite", "--progress")
+    assert asked.exit_code == 0 and "\r" in asked.output  # a bar when asked for, as on a terminal
+
+
+def test_the_model_folder_describes_itself_and_infer_needs_only_it(tmp_path: Path, tiny_dataset: Path):
+    from infer.cli import cli as infer_cli
+    from train.card import CARD_NAME, file_sha256, read_card, tile_list_sha256
+    from train.data import list_pairs
+
+    config = make_run(tmp_path, tiny_dataset, epochs=1)
+    assert invoke("fit", "--config", config).exit_code == 0
+    models = tmp_path / "models"
+    card = json.loads((models / CARD_NAME).read_text())
+    assert card["config"] == config.name and (models / card["config"]).is_file()
+    assert card["weights"] == "best.weights.h5" and card["weights_sha256"] == file_sha256(models / "best.weights.h5")
+    assert card["architecture"]["num_layers"] == 3 and card["architecture"]["base_kernels"] == [3, 3]
+    assert card["architecture"]["parameters"] > 0 and card["input"]["channels"] == 3
+    assert card["classes"] == ["background", "nucleus"] and card["epochs"] == 1 and card["seed"] is not None
+    images, _ = list_pairs(tiny_dataset / "train" / "images", tiny_dataset / "train" / "masks")
+    assert card["training_data"]["train_tiles"] == len(images)
+    assert card["training_data"]["train_tile_list_sha256"] == tile_list_sha256(images)
+    assert {"python", "tensorflow", "keras", "numpy"} <= set(card["versions"])
+    inputs = tiny_dataset / "test" / "images"
+    by_config = CliRunner().invoke(infer_cli, ["--config", str(config), "--input", str(inputs), "--output",
+                                               str(tmp_path / "by-config"), "--no-progress"])
+    assert by_config.exit_code == 0, by_config.output
+    elsewhere = tmp_path / "moved" / "my-model"  # the folder alone, away from its config and data
+    shutil.copytree(models, elsewhere, ignore=shutil.ignore_patterns("logs", "backup"))
+    by_model = CliRunner().invoke(infer_cli, ["--model", str(elsewhere), "--input", str(inputs), "--output",
+                                              str(tmp_path / "by-model"), "--no-progress"])
+    assert by_model.exit_code == 0, by_model.output
+    for mask in sorted((tmp_path / "by-config").glob("*.png")):
+        assert (tmp_path / "by-model" / mask.name).read_bytes() == mask.read_bytes(), mask.name
+    record = json.loads((tmp_path / "by-model" / "infer.json").read_text())
+    assert record["model"]["folder"] == str(elsewhere.resolve()) and record["model"]["given_as"] == "--model"
+    assert record["model"]["weights_sha256"] == card["weights_sha256"] and record["options"]["overlap"] == 0.25
+    (elsewhere / CARD_NAME).unlink()
+    missing = CliRunner().invoke(infer_cli, ["--model", str(elsewhere), "--input", str(inputs), "--output",
+                                             str(tmp_path / "none"), "--no-progress"])
+    assert missing.exit_code == 1 and "model.json" in missing.output and "Traceback" not in missing.output
+    neither = CliRunner().invoke(infer_cli, ["--input", str(inputs), "--output", str(tmp_path / "none")])
+    assert neither.exit_code == 1 and "--config" in neither.output and "--model" in neither.output
+    with pytest.raises(ConfigError, match="model.json"):
+        read_card(elsewhere)
+
+
+def test_init_weights_fine_tunes_from_a_model_folder_and_refuses_another_architecture(tmp_path: Path,
+                                                                                       tiny_dataset: Path):
+    import keras
+
+    base = tmp_path / "base"
+    base.mkdir()
+    config = make_run(base, tiny_dataset, epochs=1)
+    assert invoke("fit", "--config", config).exit_code == 0
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    tuned_config = make_run(tuned, tiny_dataset, epochs=1, extra=f'\n[train]\ninit_weights = "{base / "models"}"\n')
+    start = {}
+
+    class FirstWeights(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            start["weights"] = [w.copy() for w in self.model.get_weights()]
+
+    from train.fit import fit
+
+    fit(load_config(tuned_config), extra_callbacks=[FirstWeights()])
+    from train.fit import build_model
+
+    reference = build_model(load_config(config), (None, None))
+    reference.load_weights(str(base / "models" / "best.weights.h5"))
+    for got, expected in zip(start["weights"], reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, expected)  # the run started from the base model's weights
+    other = tmp_path / "other"
+    other.mkdir()
+    other_config = make_run(other, tiny_dataset, epochs=1,
+                            extra=f'\n[train]\ninit_weights = "{base / "models"}"\n[model]\nbase_filters = 8\n')
+    result = invoke("fit", "--config", other_config)
+    assert result.exit_code == 1 and "another architecture" in result.output and "base_filters 4 ≠ 8" in result.output
+    assert not (other / "models").exists()  # refused before anything was written

@@ -265,8 +265,11 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
     keras.utils.set_random_seed(t.seed)
     keras.mixed_precision.set_global_policy(precision_policy(t.mixed_precision))
     try:
+        from train.card import init_weights_of
+
         paths = run_paths(config)
-        train_ds, valid_ds, _, valid_pairs = datasets(config)
+        init_weights = init_weights_of(config)  # refused before anything is touched when it cannot fit
+        train_ds, valid_ds, train_pairs, valid_pairs = datasets(config)
         resuming = _prepare_output(paths, config, overwrite)
         # Provenance beside the weights, --set overrides included: the settings these weights were trained with.
         (paths.model_dir / config.path.name).write_text(config.provenance_text(), encoding="utf-8")
@@ -275,6 +278,8 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
             # Size-agnostic: it trains on crops and validates on whole tiles.
             model = build_model(config, (None, None))
             compile_model(model, config)
+            if init_weights is not None:  # a resumed run's backup replaces these at the first epoch
+                model.load_weights(str(init_weights))
         if config.model.show_summary:
             model.summary()
         callbacks = callbacks_for(config, paths, valid_pairs, extra_callbacks, train_ds)
@@ -286,10 +291,19 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
     finally:
         keras.mixed_precision.set_global_policy("float32")
     history = write_history(paths)
-    return {"resumed": resuming, "epochs": len(history["epoch"]), "seconds": seconds,
-            "best_val_loss": min(history.get("val_loss", [float("nan")])), "model_dir": str(paths.model_dir),
-            "eval_dir": str(paths.eval_dir), "strategy": t.strategy, "replicas": strategy.num_replicas_in_sync,
-            "averaged_snapshots": sum(c.snapshots for c in callbacks if isinstance(c, WeightAverage))}
+    summary = {"resumed": resuming, "epochs": len(history["epoch"]), "seconds": seconds,
+               "best_val_loss": min(history.get("val_loss", [float("nan")])), "model_dir": str(paths.model_dir),
+               "eval_dir": str(paths.eval_dir), "strategy": t.strategy, "replicas": strategy.num_replicas_in_sync,
+               "averaged_snapshots": sum(c.snapshots for c in callbacks if isinstance(c, WeightAverage))}
+    weights = paths.best if paths.best.exists() else paths.best_model
+    if weights.exists():  # the folder describes itself: infer --model DIR needs nothing else
+        from train.card import model_card, write_card
+
+        card_summary = {**summary, "best_val_loss": summary["best_val_loss"]
+                        if summary["best_val_loss"] == summary["best_val_loss"] else None}  # NaN is no JSON
+        write_card(paths.model_dir, model_card(config, weights, card_summary, train_pairs, valid_pairs,
+                                               model.count_params()))
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------- records
