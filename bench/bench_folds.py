@@ -11,7 +11,8 @@ fold weighs the same, however many images it holds), `*_images` the means over e
 `field_dice_min` the worst image, `images` each held-out image's own scores (Dice, object F1, FNRo, extra and
 missed nuclei, infer seconds) with its fold, and `folds` each fold's summary.
 With --out, `summary.json` there holds that object and `overlays.png` shows every held-out image (ground truth
-green, prediction red) with its fold and Dice: red alone is an extra object, green alone a missed nucleus.
+green, prediction red) with its fold and Dice: red alone is an extra object, green alone a missed nucleus;
+`errors.png` shows each of those, magnified, with its image and place.
 The default --folds 6 on the reference's 6 sources is leave-one-source-out: every model trains on all
 sources but the one it is scored on.
 """
@@ -62,6 +63,18 @@ def combine(folds: list[dict]) -> dict:
             "infer_seconds_per_image": round(fmean(image["infer_seconds"] for image in images.values()), 2),
             "images": images,
         })
+    peers = [fold["stardist"] for fold in folds if "stardist" in fold]
+    if peers:
+        peer_fields = {name: {"fold": fold["fold"], **scores} for fold in folds if "stardist" in fold
+                       for name, scores in fold["stardist"]["per_field"].items()}
+        combined["stardist"] = {
+            **{key: round(fmean(peer[key] for peer in peers), 4) for key in ("nucleus_dice", "f1", "fnro")},
+            "field_dice_min": min(field["nucleus_dice"] for field in peer_fields.values()),
+            "n_extra": sum(peer["n_extra"] for peer in peers), "n_missed": sum(peer["n_missed"] for peer in peers),
+            "seconds_per_field": round(fmean(field["seconds"] for field in peer_fields.values()), 3),
+            "train_seconds": round(sum(peer["train_seconds"] for peer in peers), 1),
+            "folds": len(peers), "images": peer_fields,
+        }
     combined["folds"] = folds
     return combined
 
@@ -74,7 +87,9 @@ def fold_line(fold: dict) -> str:
             + (f"object F1 {fold['f1']:.4f}, " if "f1" in fold else "")
             + f"{fold['epochs']} epochs in {fold['train_seconds']:.0f} s"
             + (f", {fold['infer_seconds_per_image']:.1f} s per image at inference"
-               if "infer_seconds_per_image" in fold else ""))
+               if "infer_seconds_per_image" in fold else "")
+            + (f"; StarDist {fold['stardist']['nucleus_dice']:.4f}, object F1 {fold['stardist']['f1']:.4f}"
+               if "stardist" in fold else ""))
 
 
 def montage(panels: list[tuple[str, np.ndarray]], columns: int = 4, size: int = 320) -> np.ndarray:
@@ -108,21 +123,77 @@ def overlay_panels(out: Path, folds: list[dict]) -> list[tuple[str, np.ndarray]]
     return panels
 
 
+ERROR_CROP = 120  # px of the field around each extra or missed nucleus in errors.png
+
+
+def error_crops(overlay: np.ndarray, prediction: np.ndarray, truth: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """("extra x,y" | "missed x,y", crop of ``overlay`` centred on it) for every predicted object that touches no
+    annotated nucleus and every annotated nucleus that no prediction touches (8-connected, as the scorer counts)."""
+    from scipy import ndimage
+
+    crops = []
+    half = ERROR_CROP // 2
+    padded = cv2.copyMakeBorder(overlay, half, half, half, half, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    for kind, objects, other in (("extra", prediction, truth), ("missed", truth, prediction)):
+        labels, count = ndimage.label(objects, structure=np.ones((3, 3)))
+        if not count:
+            continue
+        touched = np.bincount(labels[other & (labels > 0)], minlength=count + 1) > 0
+        for label_id, (y, x) in enumerate(ndimage.center_of_mass(objects, labels, range(1, count + 1)), start=1):
+            if not touched[label_id]:
+                y, x = round(y), round(x)
+                crops.append((f"{kind} {x},{y}", padded[y:y + ERROR_CROP, x:x + ERROR_CROP]))
+    return crops
+
+
+def error_panels(out: Path, folds: list[dict]) -> list[tuple[str, np.ndarray]]:
+    """Every extra object and missed nucleus of every held-out image, from its saved mask, ground truth (read as
+    prep reads it) and overlay: what the ground truth's conventions leave unannotated, counted and shown."""
+    from prep.truth import read_truth
+
+    panels = []
+    for fold in folds:
+        infer_dir = out / f"fold{fold['fold']}" / "infer"
+        test_dir = out / "folds" / f"fold{fold['fold']}" / "test"
+        for name in fold["per_image_dice"]:
+            stem = Path(name).stem
+            overlay = cv2.imread(str(infer_dir / "overlays" / f"{stem}.png"))
+            prediction = cv2.imread(str(infer_dir / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+            truth_path = test_dir / f"{stem}_GT.png"
+            if overlay is None or prediction is None or not truth_path.is_file():
+                continue
+            truth = read_truth(truth_path).mask
+            short = stem.removeprefix("EDF_")[-14:]
+            panels += [(f"{short} {caption}", crop) for caption, crop in error_crops(overlay, prediction > 0, truth)]
+    return panels
+
+
 def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list[str], infer_flags: list[str],
                 synth: int, valid_on: str = VALID_ON[0], echo=click.echo,
-                prep_flags: Sequence[str] = DEFAULT_PREP_FLAGS, whole_fields: bool = False) -> dict:
-    """``data``: whole ISBI fields (``whole_fields``) or reference-style tiles."""
+                prep_flags: Sequence[str] = DEFAULT_PREP_FLAGS, whole_fields: bool = False,
+                peer: bool = False, synth_only: bool = False) -> dict:
+    """``data``: whole ISBI fields (``whole_fields``) or reference-style tiles; ``peer``: StarDist on every fold
+    too (bench_peer), trained in the same budget on the same fields, after ours (never beside it)."""
     summaries = []
     plan = make_field_folds(data, out / "folds", folds) if whole_fields else make_folds(data, out / "folds", folds)
     for fold in plan:
         fold_dir = out / "folds" / f"fold{fold['fold']}"
         summary = bench_real(fold_dir / "train", fold_dir / "test", out / f"fold{fold['fold']}", config,
-                             overrides, infer_flags, synth=synth, valid_on=valid_on, prep_flags=prep_flags)
+                             overrides, infer_flags, synth=synth, valid_on=valid_on, prep_flags=prep_flags,
+                             synth_only=synth_only)
+        if peer:
+            from bench_peer import bench_peer
+
+            summary["stardist"] = bench_peer(fold_dir / "train", fold_dir / "test", out / f"fold{fold['fold']}" /
+                                             "stardist", config)
         summaries.append({**fold, **summary})
         echo(fold_line(summaries[-1]))
     panels = overlay_panels(out, summaries)
     if panels:
         cv2.imwrite(str(out / "overlays.png"), montage(panels))
+    errors = error_panels(out, summaries)
+    if errors:  # each extra object (red alone) and missed nucleus (green alone), magnified
+        cv2.imwrite(str(out / "errors.png"), montage(errors, columns=8, size=2 * ERROR_CROP))
     combined = combine(summaries)
     # The printed JSON, kept beside the folds: a run is worth a row in bench/results/loso_runs.csv.
     partial = out / "summary.json.partial"
@@ -140,20 +211,27 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
               help="Number of folds [default: 5 with --fields (2 of the 10 shared fields each), 6 with --tiles "
                    "(the number of sources: leave-one-source-out)].")
 @click.option("--out", type=click.Path(path_type=Path), help="Keep every fold's run here (default: a temp folder).")
+@click.option("--peer", is_flag=True, help="Also train and score StarDist 2D on every fold (bench_peer.py; needs "
+                                           "the .[peers] extra; doubles the time).")
 @run_options  # bench-real's own options, applied to every fold
-def main(fields: Path | None, tiles: Path | None, folds: int | None, out: Path | None, config: Path, overrides,
-         infer_flags: str, synth: int, valid_on: str, prep_flags: list[str]) -> None:
+def main(fields: Path | None, tiles: Path | None, folds: int | None, out: Path | None, peer: bool, config: Path,
+         overrides, infer_flags: str, synth: int, valid_on: str, synth_only: bool, prep_flags: list[str]) -> None:
     """Cross-validate bench-real over leave-sources-out folds of whole FIELDS or of TILES."""
     if (fields is None) == (tiles is None):
         raise click.UsageError("give one of --fields (whole ISBI fields) and --tiles (reference-style tiles)")
     if out is not None and out.exists() and any(out.iterdir()):
         raise click.BadParameter(f"{out} is not empty; give a new folder", param_hint="--out")
     folds = folds or (5 if fields is not None else 6)
+    if peer:
+        from bench_peer import stardist_available
+
+        if not stardist_available():
+            raise click.UsageError("--peer needs StarDist: pip install -e '.[peers]'")
     try:
         with tempfile.TemporaryDirectory(prefix="bench-folds-") as scratch:
             summary = bench_folds(fields or tiles, out or Path(scratch), folds, config, list(overrides),
                                   infer_flags.split(), synth, valid_on, prep_flags=prep_flags,
-                                  whole_fields=fields is not None)
+                                  whole_fields=fields is not None, peer=peer, synth_only=synth_only)
     except ValueError as err:  # e.g. fewer sources than folds, or a tile name without a source id
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(summary))

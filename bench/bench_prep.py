@@ -1,6 +1,9 @@
 """Prep benchmarks: barrel vs the reference's per-pixel loop, augmentation cost per written tile,
 --workers scaling and peak RSS against the number of inputs. All ratios are measured side by side in
-this one run (the machines are shared and noisy). The last line printed is one JSON object."""
+this one run (the machines are shared and noisy). The last line printed is one JSON object.
+
+``--smoke``: the same code paths at toy sizes (one repeat, 256² fields), so `make test` can check that the bench
+still runs; its figures mean nothing."""
 
 from __future__ import annotations
 
@@ -26,11 +29,14 @@ from prep.imageio import read_image, read_mask  # noqa: E402
 from prep.synth import synth_field, write_sample  # noqa: E402
 
 REAL_TILE = REPO.parent / "shared" / "data" / "edf-real" / "tiles"
+SMOKE = "--smoke" in sys.argv[1:]
+REPEAT = 1 if SMOKE else None  # None: each timing's own count
+FIELD = 256 if SMOKE else 1024  # edge of the synthetic fields that `prep run` tiles
 
 
 def median_ms(function, repeat: int) -> float:
     times = []
-    for _ in range(repeat):
+    for _ in range(REPEAT or repeat):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
@@ -118,15 +124,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-prep-") as tmp:
         tmp = Path(tmp)
-        write_sample(tmp / "four", count=4, size=1024, seed=1, progress=False)
-        write_sample(tmp / "many", count=12, size=1024, seed=2, progress=False)
-        common = ["--input", str(tmp / "four"), "--split", "1,0,0", "--keep-empty"]
+        write_sample(tmp / "four", count=4, size=FIELD, seed=1, progress=False)
+        write_sample(tmp / "many", count=4 if SMOKE else 12, size=FIELD, seed=2, progress=False)
+        tile = ["--tile-size", "128"] if SMOKE else []
+        common = ["--input", str(tmp / "four"), "--split", "1,0,0", "--keep-empty", *tile]
         plain_s, plain_tiles = timed_run([*common, "--output", str(tmp / "plain"), "--no-augment", "--workers", "1"])
         aug_s, aug_tiles = timed_run([*common, "--output", str(tmp / "aug"), "--workers", "1"])
         aug2_s, aug2_tiles = timed_run([*common, "--output", str(tmp / "aug2"), "--workers", "2"])
         assert aug2_tiles == aug_tiles
         per_plain, per_aug = plain_s / plain_tiles, aug_s / aug_tiles
-        print(f"prep run, 4 synthetic 1024² images: --no-augment {plain_tiles} tiles in {plain_s:.2f} s "
+        print(f"prep run, 4 synthetic {FIELD}² images: --no-augment {plain_tiles} tiles in {plain_s:.2f} s "
               f"({1000 * per_plain:.1f} ms/tile); default augmentations {aug_tiles} tiles in {aug_s:.2f} s "
               f"({1000 * per_aug:.1f} ms/tile) → {per_aug / per_plain:.2f}× per tile")
         print(f"--workers 2: {aug2_s:.2f} s vs --workers 1: {aug_s:.2f} s → {aug_s / aug2_s:.2f}×")

@@ -64,7 +64,9 @@ def _run(command: click.Command, args: list[str]) -> None:
 
 def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrides: list[str],
                infer_flags: list[str], valid_ratio: float = 0.2, synth: int = 0, synth_seed: int = 2014,
-               valid_on: str = VALID_ON[0], prep_flags: Sequence[str] = DEFAULT_PREP_FLAGS) -> dict:
+               valid_on: str = VALID_ON[0], prep_flags: Sequence[str] = DEFAULT_PREP_FLAGS,
+               synth_only: bool = False) -> dict:
+    """``synth_only``: train on the synthetic fields alone, no real pixel (the baseline of what real data adds)."""
     from infer.cli import cli as infer_cli
     from prep.cli import cli as prep_cli
     from train.cli import cli as train_cli
@@ -73,11 +75,14 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
     tile = load_config(config, overrides).model.image_height  # tiles must be the model's input size
     if valid_on not in VALID_ON:
         raise ValueError(f"valid_on must be one of {VALID_ON}, not {valid_on!r}")
+    if synth_only and (synth == 0 or valid_on != "synth"):
+        raise ValueError("synth_only needs synthetic fields (synth > 0) and valid_on 'synth'")
     out.mkdir(parents=True, exist_ok=True)
     real_valid = valid_ratio if valid_on == "real" else 0.0
-    _run(prep_cli, ["run", "--input", str(train_edf), "--output", str(out / "dataset"), "--overwrite",
-                    "--split", f"{1 - real_valid:g},{real_valid:g},0", "--tile-size", str(tile), "--no-progress",
-                    *prep_flags])
+    if not synth_only:
+        _run(prep_cli, ["run", "--input", str(train_edf), "--output", str(out / "dataset"), "--overwrite",
+                        "--split", f"{1 - real_valid:g},{real_valid:g},0", "--tile-size", str(tile),
+                        "--no-progress", *prep_flags])
     data_keys = dict(DATA_KEYS)
     synth_valid = SYNTH_VALID_FIELDS if valid_on == "synth" else 0
     if synth + synth_valid:
@@ -94,8 +99,8 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
                           "test.images_dir": "./synth-dataset/valid/images",
                           "test.masks_dir": "./synth-dataset/valid/masks"})
     if synth:
-        train_tiles = mix_training_tiles([out / "dataset" / "train", out / "synth-dataset" / "train"],
-                                         out / "train-mix")
+        real = [] if synth_only else [out / "dataset" / "train"]
+        train_tiles = mix_training_tiles([*real, out / "synth-dataset" / "train"], out / "train-mix")
         data_keys.update({"train.images_dir": "./train-mix/images", "train.masks_dir": "./train-mix/masks"})
     else:
         train_tiles = len(list((out / "dataset" / "train" / "images").glob("*.png")))
@@ -111,12 +116,13 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
         infer_flags += ["--field-edges", str(test_edf / FIELD_EDGES)]
     _run(infer_cli, ["--config", str(run_config), *settings, "--input", str(test_edf), "--gt", str(test_edf),
                      "--output", str(out / "infer"), "--overwrite", "--no-progress", *infer_flags])
-    summary = summarise(out, train_seconds)
+    summary = summarise(out, train_seconds, out / ("synth-dataset" if synth_only else "dataset"))
     summary["infer_flags"] = " ".join(infer_flags)
     summary["synth_images"] = synth
     summary["valid_on"] = valid_on
     summary["prep_flags"] = shlex.join(prep_flags)
     summary["train_tiles"] = train_tiles
+    summary["synth_only"] = synth_only
     return summary
 
 
@@ -141,12 +147,14 @@ def _read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def summarise(out: Path, train_seconds: float) -> dict:
+def summarise(out: Path, train_seconds: float, dataset: Path | None = None) -> dict:
+    """The run's scores from its infer output; ``dataset`` (default OUT/dataset) is the prep record of its training
+    tiles."""
     rows = _read_rows(out / "infer" / "scores.csv")
     pooled = next(row for row in rows if row["file"] == "POOLED")
     images = [row for row in rows if row["file"] != "POOLED"]
     seconds = {row["file"]: float(row["seconds"]) for row in _read_rows(out / "infer" / "predictions.csv")}
-    record = json.loads((out / "dataset" / "prep.json").read_text())
+    record = json.loads(((dataset or out / "dataset") / "prep.json").read_text())
     history = json.loads((out / "eval" / "history.json").read_text())
 
     def number(row: dict, key: str) -> float:
@@ -203,6 +211,8 @@ def run_options(command):
                      help="Validation split (it only draws curves and montages): synth = extra synthetic field(s), "
                           "every TRAIN_EDF source trains; real = a fifth of TRAIN_EDF's sources, held out of "
                           "training."),
+        click.option("--synth-only", is_flag=True,
+                     help="Train on the synthetic fields alone (no real pixel): what the real fields add."),
         click.option("--prep-flags", default=shlex.join(DEFAULT_PREP_FLAGS), show_default=True,
                      callback=_split_flags,
                      help="Extra flags for `prep run` on TRAIN_EDF's real images (augmentations beyond the "
@@ -219,11 +229,12 @@ def run_options(command):
 @click.option("--out", type=click.Path(path_type=Path), help="Keep everything here (default: a temp folder).")
 @run_options
 def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, overrides, infer_flags: str,
-         synth: int, valid_on: str, prep_flags: list[str]) -> None:
+         synth: int, valid_on: str, synth_only: bool, prep_flags: list[str]) -> None:
     """Train on TRAIN_EDF's sources, score stitched predictions of TEST_EDF's images."""
     with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
         summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
-                             infer_flags.split(), synth=synth, valid_on=valid_on, prep_flags=prep_flags)
+                             infer_flags.split(), synth=synth, valid_on=valid_on, prep_flags=prep_flags,
+                             synth_only=synth_only)
     click.echo(json.dumps(summary))
 
 

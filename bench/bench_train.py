@@ -1,6 +1,9 @@
 """Training benchmarks: is the tf.data pipeline the bottleneck (streamed tiles vs the same batches held in
 memory, demo_cpu config, side by side in one run), demo_cpu images/s, and the reference config's
-forward+backward seconds per 512² image on this CPU. The last line printed is one JSON object."""
+forward+backward seconds per 512² image on this CPU. The last line printed is one JSON object.
+
+``--smoke``: the same code paths at toy sizes (2 steps, 2 rounds, the reference config shrunk to 64² and 3 levels),
+so `make test` can check that the bench still runs; its figures mean nothing."""
 
 from __future__ import annotations
 
@@ -26,14 +29,18 @@ from train.config import load_config  # noqa: E402
 from train.data import list_pairs, make_dataset  # noqa: E402
 from train.fit import build_model, compile_model, training_dataset_options  # noqa: E402
 
-STEPS = 20
-ROUNDS = 9
+SMOKE = "--smoke" in sys.argv[1:]
+STEPS = 2 if SMOKE else 20
+ROUNDS = 2 if SMOKE else 9
+# The reference model shrunk for --smoke: the same build, compile and train_on_batch, a thousandth of the work.
+SMOKE_REFERENCE = ["model.image_width=64", "model.image_height=64", "model.num_layers=3", "model.base_filters=4"]
 
 
 def tile_dataset(root: Path) -> Path:
     """A small prepared dataset from the synthetic sample (4 images, default augmentations)."""
     runner = CliRunner()
-    result = runner.invoke(prep_cli, ["synth", "--output", str(root / "EDF"), "--count", "4", "--no-progress"])
+    size = ["--size", "512"] if SMOKE else []
+    result = runner.invoke(prep_cli, ["synth", "--output", str(root / "EDF"), "--count", "4", *size, "--no-progress"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(prep_cli, ["run", "--input", str(root / "EDF"), "--output", str(root / "tiles"),
                                       "--split", "0.5,0.25,0.25", "--no-progress"])
@@ -123,13 +130,15 @@ def rounded(value):
 
 def reference_step() -> dict:
     reference = REPO.parent / "shared" / "data" / "reference-config" / "train_eval_infer.config"
-    config = load_config(reference if reference.is_file() else REPO / "configs" / "edf_cervical.config")
+    config = load_config(reference if reference.is_file() else REPO / "configs" / "edf_cervical.config",
+                         SMOKE_REFERENCE if SMOKE else [])
     model = build_model(config)
     compile_model(model, config)
     batch = config.train.batch_size
+    height, width = config.image_size
     rng = np.random.default_rng(0)
-    images = rng.uniform(0, 1, (batch, 512, 512, 3)).astype(np.float32)
-    labels = keras.utils.to_categorical(rng.uniform(0, 1, (batch, 512, 512)) > 0.98, 2).astype(np.float32)
+    images = rng.uniform(0, 1, (batch, height, width, config.model.image_channels)).astype(np.float32)
+    labels = keras.utils.to_categorical(rng.uniform(0, 1, (batch, height, width)) > 0.98, 2).astype(np.float32)
     model.train_on_batch(images, labels)  # trace
     times = [timed(lambda: model.train_on_batch(images, labels))[0] for _ in range(2)]
     return {"reference_params": model.count_params(), "reference_batch": batch,

@@ -16,7 +16,7 @@ from tests.test_bench_real import TINY
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_folds import combine, fold_line, main, montage  # noqa: E402
+from bench_folds import ERROR_CROP, combine, error_crops, fold_line, main, montage  # noqa: E402
 from make_folds import main as make_folds_main  # noqa: E402
 from make_folds import make_field_folds, make_folds  # noqa: E402
 
@@ -107,6 +107,13 @@ def test_cli_runs_whole_field_folds_and_reports_every_field(tmp_path: Path):
                                         for line in fold_lines)
     assert summary["field_dice_min"] == min(image["nucleus_dice"] for image in summary["images"].values())
     assert CliRunner().invoke(main, ["--out", str(tmp_path / "x")]).exit_code == 2  # neither --fields nor --tiles
+    # The saved models again, with other infer flags: the run's own flags give back the run's own scores.
+    from reinfer_folds import compare
+
+    again = compare(out, {"same": "--min-area 5 --exclude-border", "whole": "--mode whole --min-area 5"},
+                    echo=lambda _: None)
+    assert again["same"]["folds"] == [f["nucleus_dice"] for f in summary["folds"]]
+    assert set(again["whole"]) >= {"nucleus_dice", "f1", "fnro", "n_extra", "n_missed", "seconds_per_field"}
 
 
 def test_fold_line_reads_as_a_sentence():
@@ -204,3 +211,21 @@ def test_make_folds_writes_atomically_and_never_clobbers(tmp_path: Path):
                                                   "--overwrite"])
     assert result.exit_code != 0 and "no mask" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["fold0", "fold1", "fold2"]  # the old folds are untouched
+
+
+def test_error_crops_show_each_extra_object_and_missed_nucleus_where_it_is():
+    truth = np.zeros((200, 300), np.uint8)
+    cv2.circle(truth, (50, 60), 10, 1, -1)   # found
+    cv2.circle(truth, (250, 150), 10, 1, -1)  # missed
+    prediction = np.zeros_like(truth)
+    cv2.circle(prediction, (52, 60), 10, 1, -1)
+    cv2.circle(prediction, (5, 190), 8, 1, -1)  # extra, near a corner: its crop is padded white
+    overlay = np.full((200, 300, 3), 128, np.uint8)
+    crops = error_crops(overlay, prediction > 0, truth > 0)
+    assert [caption for caption, _ in crops] == ["extra 6,190", "missed 250,150"]  # the extra cut by the edge
+    for _, crop in crops:
+        assert crop.shape == (ERROR_CROP, ERROR_CROP, 3)
+    corner = crops[0][1]
+    # centred on (6, 190): rows are y 130…249, columns x −54…65; the field (grey) ends at y 199 and x 0
+    assert (corner[:60, 60:] == 128).all()
+    assert (corner[75:] == 255).all() and (corner[:, :50] == 255).all()  # beyond the field: white

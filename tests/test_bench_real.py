@@ -96,6 +96,20 @@ def test_synthetic_fields_join_training_and_one_more_is_the_validation_split(tmp
     assert summary["test_images"] == 1
 
 
+def test_synth_only_trains_on_no_real_pixel(tmp_path: Path):
+    train_edf, test_edf, config = tiny_bench_inputs(tmp_path, train_count=2)
+    out = tmp_path / "out"
+    summary = bench_real(train_edf, test_edf, out, config, ["train.epochs=1"], [], synth=2, synth_only=True)
+    assert not (out / "dataset").exists()  # the real fields were not even tiled
+    mixed = sorted(p.name for p in (out / "train-mix" / "images").glob("*.png"))
+    assert mixed and all(name.startswith("synth-dataset_") for name in mixed)
+    assert summary["synth_only"] and len(summary["train_sources"]) == 2
+    assert all((out / "synth-edf" / f"{name}.png").is_file() for name in summary["train_sources"])
+    assert summary["test_images"] == 1
+    with pytest.raises(ValueError, match="synth_only"):
+        bench_real(train_edf, test_edf, tmp_path / "none", config, [], [], synth=0, synth_only=True)
+
+
 def test_valid_on_real_holds_real_sources_out_of_training(tmp_path: Path):
     train_edf, test_edf, config = tiny_bench_inputs(tmp_path, train_count=5)
     out = tmp_path / "out"

@@ -14,7 +14,9 @@ from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from loso_runs import RUNS, SOURCES, main, read_runs, summarise  # noqa: E402
+from loso_runs import RUNS, main, read_runs, summarise  # noqa: E402
+
+SOURCES = ("10001", "10002", "10006", "10007", "10009", "10010")  # the tile record's sources
 
 HEADER = "date,recorded_in,variant,epochs," + ",".join(SOURCES) + ",nucleus_dice\n"
 
@@ -57,7 +59,7 @@ def test_cli_groups_runs_by_variant_and_ends_with_json(tmp_path: Path):
     assert sorted(report) == ["a, one", "b, one"]
     assert report["a, one"]["runs"] == 2 and report["a, one"]["at_or_above_line"] == 1
     assert report["b, one"]["sd"] is None
-    assert "a, one: 2 run(s), six-fold mean 0.9100 (SD 0.0141" in result.output
+    assert "a, one: 2 run(s), mean 0.9100 (SD 0.0141" in result.output
 
 
 def test_a_run_whose_mean_is_not_its_sources_mean_is_refused_by_line(tmp_path: Path):
@@ -66,9 +68,9 @@ def test_a_run_whose_mean_is_not_its_sources_mean_is_refused_by_line(tmp_path: P
     assert result.exit_code != 0
     assert f"{record}:3: nucleus_dice 0.95 is not the mean of its sources (0.9000)" in result.output
     no_source = tmp_path / "short.csv"
-    no_source.write_text("variant,nucleus_dice,10001\nx,0.9,0.9\n", encoding="utf-8")
+    no_source.write_text("variant,nucleus_dice,epochs\nx,0.9,60\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["--runs", str(no_source)])
-    assert result.exit_code != 0 and f"{no_source}: no column 10002" in result.output
+    assert result.exit_code != 0 and f"{no_source}: no column per source" in result.output
 
 
 def test_pool_sums_up_every_variant_that_shares_a_change(tmp_path: Path):
@@ -82,3 +84,41 @@ def test_pool_sums_up_every_variant_that_shares_a_change(tmp_path: Path):
     assert report["b, one"]["runs"] == 1  # the groups themselves stay
     missing = CliRunner().invoke(main, ["--runs", str(record), "--pool", "zoom"])
     assert missing.exit_code != 0 and "--pool" in missing.output and "'zoom'" in missing.output
+
+
+def test_the_whole_field_record_reads_its_fields_and_f1(tmp_path: Path):
+    fields = [f"EDF{i:03d}" for i in (0, 1, 4, 5)]
+    record = tmp_path / "fields_runs.csv"
+    record.write_text("date,code,variant," + ",".join(fields) + ",nucleus_dice,f1\n"
+                      "2026-12-01,abc,default,0.9,0.92,0.94,0.88,0.91,0.93\n"
+                      "2026-12-02,abd,default,0.92,0.90,0.94,0.92,0.92,0.95\n", encoding="utf-8")
+    runs = read_runs(record)
+    assert list(runs[0]["sources"]) == fields and runs[1]["f1"] == 0.95
+    summary = summarise(runs, 0.91)
+    assert summary["f1_mean"] == 0.94 and summary["at_or_above_line"] == 2
+    assert summary["sources"]["EDF005"] == {"mean": 0.9, "min": 0.88, "max": 0.92}
+    result = CliRunner().invoke(main, ["--runs", str(record), "--line", "0.93"])
+    assert result.exit_code == 0 and "object F1 0.9400" in result.output
+
+
+def test_a_whole_field_run_goes_on_record_once_and_sums_up(tmp_path: Path):
+    from record_run import append, record_row
+
+    def summary(dice: list[float]) -> dict:
+        images = {f"EDF00{i}.png": {"nucleus_dice": d, "fold": i % 2} for i, d in enumerate(dice)}
+        return {"images": images, "nucleus_dice": round(sum(dice) / len(dice), 4), "f1": 0.95, "fnro": 0.05,
+                "field_dice_min": min(dice), "n_extra": 3, "n_missed": 1, "train_seconds_max": 850.0,
+                "infer_seconds_per_image": 5.5}
+
+    record = tmp_path / "fields_runs.csv"
+    first = summary([0.90, 0.92, 0.94, 0.96])
+    target = append(record_row(first, "default", "abc1234", "2026-12-01"), first, record)
+    assert json.loads(target.read_text()) == first and target.name == "fields_2026-12-01_abc1234_default.json"
+    second = summary([0.91, 0.93, 0.93, 0.95])
+    append(record_row(second, "default", "abc1235", "2026-12-02"), second, record)
+    runs = read_runs(record)  # the record reads back, each mean the mean of its fields
+    assert [run["nucleus_dice"] for run in runs] == [0.93, 0.93] and list(runs[0]["sources"])[0] == "EDF000"
+    with pytest.raises(ValueError, match="on record already"):
+        append(record_row(second, "default", "abc1235", "2026-12-02"), second, record)
+    with pytest.raises(ValueError, match="no per-field scores"):
+        record_row({"nucleus_dice": 0.9}, "default", "x", "2026-12-01")
