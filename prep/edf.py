@@ -255,14 +255,8 @@ def discover_mat_pair(image_path: Path, mask_path: Path | None, image_key: str |
     unknown = sorted(excluded - set(names))
     if unknown:
         raise InputError(f"--exclude {', '.join(unknown)}: no such entry in {image_path}")
-    refs = [SourceRef(name, image_path, mask_path, i, image_key, mask_key)
-            for i, name in enumerate(names) if name not in excluded]
-    for ref in refs:
-        image, mask = load_source(ref)
-        if image.shape[:2] != mask.shape:
-            raise InputError(f"{mask_path}: entry {ref.index} is {mask.shape[1]}×{mask.shape[0]}, its image "
-                             f"is {image.shape[1]}×{image.shape[0]}")
-    return refs
+    return [SourceRef(name, image_path, mask_path, i, image_key, mask_key)
+            for i, name in enumerate(names) if name not in excluded]  # sizes: check_truths
 
 
 def _mat_image(value: object) -> np.ndarray:
@@ -291,14 +285,19 @@ def load_source(ref: SourceRef, gt_rule: str = "auto") -> tuple[np.ndarray, np.n
 def check_truths(refs: Sequence[SourceRef], gt_rule: str = "auto",
                  warn=lambda message: warnings.warn(message, stacklevel=3)) -> list[SourceRef]:
     """Read every source's ground truth once (before any work), each with its form, nucleus count and nucleus
-    fraction; an outline GT gets a warning naming it and what filling gave, an unreadable one an InputError."""
+    fraction; an outline GT gets a warning naming it and what filling gave, an unreadable one (or a .mat entry
+    whose size differs from its image) an InputError."""
     checked = []
     for ref in refs:
         try:
-            if ref.index is None:
+            if ref.index is None:  # a PNG pair: its sizes were checked from the headers
                 truth = read_truth(ref.mask_path, gt_rule)
             else:
-                mask = load_source(ref, gt_rule)[1]
+                image, mask = load_source(ref, gt_rule)
+                if image.shape[:2] != mask.shape:
+                    raise InputError(f"{ref.mask_path}: cell {ref.index + 1} of {ref.mask_key} is "
+                                     f"{mask.shape[1]}×{mask.shape[0]}, its image ({ref.image_path}, entry "
+                                     f"{ref.index + 1}) is {image.shape[1]}×{image.shape[0]}")
                 truth = Truth(mask, FILLED, count_nuclei(mask))
         except (TruthError, ImageReadError) as err:
             raise InputError(str(err)) from None
@@ -351,14 +350,8 @@ def discover_numbered_images(input_dir: Path, mask_path: Path, mask_key: str | N
     unknown = sorted(excluded - known)
     if unknown:
         raise InputError(f"--exclude {', '.join(unknown)}: no such image in {input_dir}")
-    refs = [SourceRef(names[k], numbered[k], mask_path, k - 1, None, mask_key) for k in sorted(numbered)
-            if names[k] not in excluded and numbered[k].stem not in excluded]
-    for ref in refs:
-        image, mask = load_source(ref)
-        if image.shape[:2] != mask.shape:
-            raise InputError(f"{mask_path}: cell {ref.index + 1} of {mask_key} is {mask.shape[1]}×{mask.shape[0]}, "
-                             f"its image {ref.image_path} is {image.shape[1]}×{image.shape[0]}")
-    return refs
+    return [SourceRef(names[k], numbered[k], mask_path, k - 1, None, mask_key) for k in sorted(numbered)
+            if names[k] not in excluded and numbered[k].stem not in excluded]  # sizes: check_truths
 
 
 def discover(input_path: Path, masks: Path | None = None, exclude: Sequence[str] = (),

@@ -203,6 +203,13 @@ def test_numbered_images_and_cells_must_agree_in_count(tmp_path: Path):
     assert str(tmp_path / "images") in str(err.value) and "missing 3" in str(err.value)
 
 
+def test_an_image_whose_size_differs_from_its_cell_is_refused_naming_both(tmp_path: Path):
+    _numbered_set(tmp_path / "images", 3)
+    cv2.imwrite(str(tmp_path / "images" / "2.tif"), np.full((40, 44), 200, np.uint8))
+    with pytest.raises(InputError, match=r"cell 2 of train_Nuclei is 48×48, its image \(.*2\.tif, entry 2\) is 44×40"):
+        discover(tmp_path / "images", tmp_path / "set_GT.mat")
+
+
 def test_the_challenge_training_set_pairs_k_tif_with_cell_k(isbi: Path, tmp_path: Path):
     images, gt = SYNTHETIC / "isbi_train_images", SYNTHETIC / "isbi_train_GT.mat"
     nuclei = scipy.io.loadmat(gt)["train_Nuclei"]
