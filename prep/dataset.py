@@ -1,4 +1,4 @@
-"""Write the tile dataset (the contract of DESIGN.md §3) atomically.
+"""Write the tile dataset (the contract of docs/design.md §3) atomically.
 
 Sources are split first, then each source is tiled and, in the augmented splits, augmented, one source
 per task so ``--workers`` processes share the work. Every random draw comes from a generator seeded by

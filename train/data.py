@@ -1,4 +1,4 @@
-"""Streaming tf.data input for the prep tile layout (DESIGN.md §3): image tiles → (image in 0..1, one-hot mask).
+"""Streaming tf.data input for the prep tile layout (docs/design.md §3): image tiles → (image in 0..1, one-hot mask).
 
 Only file names are listed and shuffled; tiles are read and decoded inside the pipeline, so memory holds a few
 batches, never the dataset. Crops, flips and foreground-biased windows use stateless random ops whose seeds come

@@ -2,7 +2,7 @@
 
 Nuclei cover ~1-3 % of an EDF tile, so any score that pools background with nucleus is dominated by background.
 We lead with nucleus (foreground) Dice/IoU and object-level scores and keep the reference's pooled
-``dice_coef_multiclass`` only for comparability (DESIGN.md §2 item 2, §5).
+``dice_coef_multiclass`` only for comparability (docs/design.md §2 item 2, §5).
 
 The numpy half imports nothing heavy: ``infer`` scores full-size masks without paying for TensorFlow. The Keras
 half imports ``keras`` inside the functions, when Keras traces them.
@@ -115,7 +115,7 @@ def _mean_or(values: np.ndarray, empty_value: float) -> float:
 
 
 def object_scores(truth, pred, connectivity: int = 8) -> dict[str, float | int]:
-    """Object-level scores of the connected components of prediction (A) and truth (B) (DESIGN.md §5).
+    """Object-level scores of the connected components of prediction (A) and truth (B) (docs/design.md §5).
 
     ISBI 2014 nucleus protocol: a predicted object is a correct detection of a truth object when
     |A∩B|/|A| > 0.6 and |A∩B|/|B| > 0.6 (both above one half, so matches are one-to-one by construction).
