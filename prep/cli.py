@@ -290,14 +290,19 @@ def synth_command(output_path: Path, count: int, size: int, seed: int, overwrite
 
 
 @cli.command("stats")
-@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("dataset_argument", metavar="[DATASET]", required=False, type=click.Path(path_type=Path))
+@click.option("--dataset", "dataset_option", type=click.Path(path_type=Path),
+              help="The dataset folder (or give it as the argument).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="Bar chart PNG to write (default: DATASET/stats.png).")
-def stats_command(dataset: Path, plot_path: Path | None) -> None:
+def stats_command(dataset_argument: Path | None, dataset_option: Path | None, plot_path: Path | None) -> None:
     """Per split: tiles, sources, nucleus-pixel fraction, augmentation kinds; per source: its ground truth's form,
     nuclei and nucleus fraction (a misread GT stands out); a table and a PNG chart."""
     from prep.stats import dataset_stats, format_sources, format_table, plot_stats, source_stats
 
+    if (dataset_argument is None) == (dataset_option is None):
+        raise click.UsageError("give the dataset folder once: prep stats DATASET or prep stats --dataset DATASET")
+    dataset = dataset_argument or dataset_option
     try:
         table = dataset_stats(dataset)
         sources = source_stats(dataset)

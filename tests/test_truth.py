@@ -160,8 +160,9 @@ def test_prep_tiles_of_outline_fields_hold_the_filled_ground_truth(isbi: Path, t
                 assert set(np.unique(tile)) <= {0, 255}
                 np.testing.assert_array_equal(tile[:, :, 0] > 0,
                                               expected[row * 512:(row + 1) * 512, col * 512:(col + 1) * 512])
-    stats = CliRunner().invoke(cli, ["stats", str(out), "--plot", str(tmp_path / "stats.png")])
+    stats = CliRunner().invoke(cli, ["stats", "--dataset", str(out), "--plot", str(tmp_path / "stats.png")])
     assert stats.exit_code == 0, stats.output
+    assert CliRunner().invoke(cli, ["stats"]).exit_code == 2  # no dataset named
     line = next(text for text in stats.output.splitlines() if text.strip().startswith("EDF000"))
     assert line.split()[3:6] == ["outline", "37", "1.10"]
 
