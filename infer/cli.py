@@ -202,7 +202,7 @@ def run_record(config, options, model_path: Path | None, inputs: int) -> dict:
     from train.fit import run_paths
 
     paths = run_paths(config)
-    weights = paths.best if paths.best.exists() else paths.best_model
+    weights = paths.trained
     return {
         "tool": "infer", "command": shlex.join(["infer", *sys.argv[1:]]),
         "options": {**dataclasses.asdict(options), "field_edges": dict(options.field_edges)},

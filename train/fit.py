@@ -44,6 +44,11 @@ class RunPaths:
         return self.model_dir / BEST_MODEL
 
     @property
+    def trained(self) -> Path:
+        """The weights file a finished run left: best.weights.h5, else best.keras (which may not exist yet)."""
+        return self.best if self.best.exists() else self.best_model
+
+    @property
     def backup(self) -> Path:
         return self.model_dir / BACKUP_DIR
 
@@ -295,7 +300,7 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
                "best_val_loss": min(history.get("val_loss", [float("nan")])), "model_dir": str(paths.model_dir),
                "eval_dir": str(paths.eval_dir), "strategy": t.strategy, "replicas": strategy.num_replicas_in_sync,
                "averaged_snapshots": sum(c.snapshots for c in callbacks if isinstance(c, WeightAverage))}
-    weights = paths.best if paths.best.exists() else paths.best_model
+    weights = paths.trained
     if weights.exists():  # the folder describes itself: infer --model DIR needs nothing else
         from train.card import model_card, write_card
 
