@@ -72,36 +72,39 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The synthetic sample is generated on first use (never committed).
-$(SAMPLE_DIR)/EDF000.png: | $(STAMP)
+$(SAMPLE_DIR)/SYN000.png: | $(STAMP)
 	$(BIN)/prep synth --output $(SAMPLE_DIR) --overwrite $(SYNTH_FLAGS)
 
-sample: $(SAMPLE_DIR)/EDF000.png
+sample: $(SAMPLE_DIR)/SYN000.png
 
-prepare: $(STAMP) $(if $(filter $(SAMPLE_DIR),$(EDF_DIR)),$(SAMPLE_DIR)/EDF000.png,)
+prepare: $(STAMP) $(if $(filter $(SAMPLE_DIR),$(EDF_DIR)),$(SAMPLE_DIR)/SYN000.png,)
 	$(BIN)/prep run --input $(EDF_DIR) --output $(DATASET) $(overwrite_flag) $(workers_flag) $(PREP_FLAGS)
 
 stats: $(STAMP)
 	$(BIN)/prep stats $(DATASET)
 
-# The demo keeps everything in DEMO_DIR, laid out like the reference project: its config beside its data.
-DEMO_SET = --set train.images_dir=./dataset/train/images --set train.masks_dir=./dataset/train/masks \
-	--set valid.images_dir=./dataset/valid/images --set valid.masks_dir=./dataset/valid/masks \
-	--set test.images_dir=./dataset/test/images --set test.masks_dir=./dataset/test/masks \
-	--set train.model_dir=./models --set train.eval_dir=./eval \
-	--set train.epoch_change_infer_dir=./epoch_change_infer --set infer.output_dir=./infer $(DEMO_FLAGS)
+# The demo keeps everything in DEMO_DIR, laid out like the reference project: its config beside its data. The
+# copy gets the demo's folders appended (later sections win), so it works on its own: make infer CONFIG=….
+DEMO_FOLDERS = '' '; the demo'"'"'s own folders, beside this file (later sections win)' \
+	'[train]' 'images_dir = ./dataset/train/images' 'masks_dir = ./dataset/train/masks' 'model_dir = ./models' \
+	'eval_dir = ./eval' 'epoch_change_infer_dir = ./epoch_change_infer' \
+	'[valid]' 'images_dir = ./dataset/valid/images' 'masks_dir = ./dataset/valid/masks' \
+	'[test]' 'images_dir = ./dataset/test/images' 'masks_dir = ./dataset/test/masks' \
+	'[infer]' 'images_dir = ./dataset/test/images' 'output_dir = ./infer'
 DEMO_FLAGS ?=
 
-demo: $(STAMP) $(SAMPLE_DIR)/EDF000.png
+demo: $(STAMP) $(SAMPLE_DIR)/SYN000.png
 	$(BIN)/prep run --input $(SAMPLE_DIR) --output $(DEMO_DIR)/dataset --overwrite $(workers_flag) $(PREP_FLAGS)
 	$(BIN)/prep stats $(DEMO_DIR)/dataset --plot $(DEMO_DIR)/dataset-stats.png
 	cp configs/demo_cpu.config $(DEMO_DIR)/train_eval_infer.config
-	$(BIN)/train fit --config $(DEMO_DIR)/train_eval_infer.config $(DEMO_SET) --overwrite
-	$(BIN)/train evaluate --config $(DEMO_DIR)/train_eval_infer.config $(DEMO_SET) --overwrite
-	$(BIN)/infer --config $(DEMO_DIR)/train_eval_infer.config $(DEMO_SET) --dataset $(DEMO_DIR)/dataset \
+	printf '%s\n' $(DEMO_FOLDERS) >> $(DEMO_DIR)/train_eval_infer.config
+	$(BIN)/train fit --config $(DEMO_DIR)/train_eval_infer.config $(DEMO_FLAGS) --overwrite
+	$(BIN)/train evaluate --config $(DEMO_DIR)/train_eval_infer.config $(DEMO_FLAGS) --overwrite
+	$(BIN)/infer --config $(DEMO_DIR)/train_eval_infer.config $(DEMO_FLAGS) --dataset $(DEMO_DIR)/dataset \
 		--split test --overwrite $(INFER_FLAGS)
 	@echo
 	@echo "demo results:"
-	@echo "  synthetic EDF sample   $(SAMPLE_DIR)/ (EDFnnn.png + EDFnnn_GT.png)"
+	@echo "  synthetic EDF sample   $(SAMPLE_DIR)/ (SYNnnn.png + SYNnnn_GT.png)"
 	@echo "  tile dataset           $(DEMO_DIR)/dataset/{train,valid,test}/{images,masks}/"
 	@echo "  tile list + provenance $(DEMO_DIR)/dataset/manifest.csv, $(DEMO_DIR)/dataset/prep.json"
 	@echo "  dataset chart          $(DEMO_DIR)/dataset-stats.png"
@@ -109,12 +112,13 @@ demo: $(STAMP) $(SAMPLE_DIR)/EDF000.png
 	@echo "  training curves        $(DEMO_DIR)/eval/train_losses.png, train_metrics.png (+ CSVs, history.json)"
 	@echo "  per-epoch predictions  $(DEMO_DIR)/epoch_change_infer/epoch_NNN.png (image | truth | prediction)"
 	@echo "  test scores            $(DEMO_DIR)/evaluation.csv, $(DEMO_DIR)/evaluation_per_image.csv"
-	@echo "  full-size predictions  $(DEMO_DIR)/infer/EDFnnn.png (mask), overlays/, predictions.csv, nuclei.csv,"
+	@echo "  full-size predictions  $(DEMO_DIR)/infer/SYNnnn.png (mask), overlays/, predictions.csv, nuclei.csv,"
 	@echo "                         labels/ (16-bit ids), geojson/ (QuPath), scores.csv: the test split's whole"
 	@echo "                         source images, never seen in training"
 	@echo
 	@echo "predict your own images with this model (its folder describes itself: model.json):"
 	@echo "  $(BIN)/infer --model $(DEMO_DIR)/models --input YOUR_FOLDER --output YOUR_OUTPUT"
+	@echo "  (or: make infer CONFIG=$(DEMO_DIR)/train_eval_infer.config INPUT=YOUR_FOLDER)"
 
 train: $(STAMP)
 	$(BIN)/train fit --config $(CONFIG) $(TRAIN_FLAGS)

@@ -122,7 +122,7 @@ def measure_one(args: argparse.Namespace, precision: str, batch_size: int) -> di
     import numpy as np
 
     from train.config import load_config
-    from train.fit import build_model, compile_model
+    from train.model import build_model, compile_model
 
     config = load_config(args.config)
     size = (args.size, args.size) if args.size else config.image_size

@@ -31,7 +31,7 @@ from infer.stitch import count_tiles  # noqa: E402
 from prep.imageio import write_png  # noqa: E402
 from prep.synth import synth_field  # noqa: E402
 from train.config import load_config  # noqa: E402
-from train.fit import build_model  # noqa: E402
+from train.model import build_model  # noqa: E402
 
 SMOKE = "--smoke" in sys.argv[1:]
 ROUNDS = 1 if SMOKE else 3
@@ -91,13 +91,13 @@ def stitched_vs_bare(model, image: np.ndarray) -> dict:
 # The settings a whole 1024² field is timed at: bench-real's shipped infer flags first (field_1024_s), then the
 # alternatives side by side, each timed through infer's per-image core (predict, clean, label, measure).
 FIELD_VARIANTS = {
-    "tiles_tta8": "--tta --tta-mode 8",
-    "tiles_tta4": "--tta --tta-mode 4",
-    "tiles_tta0": "",
-    "tiles_overlap0_tta0": "--overlap 0",
+    "tiles_tta8": "--mode full --tta --tta-mode 8",
+    "tiles_tta4": "--mode full --tta --tta-mode 4",
+    "tiles_tta0": "--mode full --no-tta",
+    "tiles_overlap0_tta0": "--mode full --no-tta --overlap 0",
     "whole_tta8": "--mode whole --tta --tta-mode 8",
     "whole_tta4": "--mode whole --tta --tta-mode 4",
-    "whole_tta0": "--mode whole",
+    "whole_tta0": "--mode whole --no-tta",
 }
 POST_FLAGS = "--min-area 30 --fill-holes --exclude-border"  # bench-real's clean-up, the same in every variant
 
@@ -109,7 +109,7 @@ def field_timings(root: Path) -> dict:
     from infer.cli import cli as infer_cli
     from infer.cli import options_from
     from infer.run import predict_image
-    from train.evaluate import load_trained
+    from train.model import load_trained
 
     config_path = root / "bench_cpu.config"
     config_path.write_text((REPO / "configs" / "bench_cpu.config").read_text())
@@ -117,18 +117,20 @@ def field_timings(root: Path) -> dict:
     keras.utils.set_random_seed(0)
     build_model(config).save_weights(str(_ready(config.train.model_dir) / "best.weights.h5"))
     rgb, _ = synth_field((FIELD, FIELD), np.random.default_rng(5))
-    variants = dict(FIELD_VARIANTS)
-    shipped = next((name for name, flags in variants.items()
-                    if set(f"{flags} {POST_FLAGS}".split()) == set(DEFAULT_INFER_FLAGS.split())), None)
+    def options_of(flags: str):
+        params = infer_cli.make_context("infer", ["--config", str(config_path), *flags.split()]).params
+        return options_from(config, **params)
+
+    variants = {name: f"{flags} {POST_FLAGS}" for name, flags in FIELD_VARIANTS.items()}
+    shipped_options = options_of(DEFAULT_INFER_FLAGS)
+    shipped = next((name for name, flags in variants.items() if options_of(flags) == shipped_options), None)
     if shipped is None:
         variants["shipped"] = DEFAULT_INFER_FLAGS
         shipped = "shipped"
     models, runs = {}, {}
     path = Path("EDF1024.png")
     for name, flags in variants.items():
-        command = f"{flags} {POST_FLAGS}".split() if name != "shipped" else flags.split()
-        params = infer_cli.make_context("infer", ["--config", str(config_path), *command]).params
-        options = options_from(config, **params)
+        options = options_of(flags)
         whole = options.mode == "whole"
         if whole not in models:
             models[whole] = load_trained(config, (None, None) if whole else None)

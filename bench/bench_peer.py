@@ -11,7 +11,7 @@ its own conventions, scored by our scorer on the same held-out fields as our mod
    256² patches, StarDist's example augmenter (flips and quarter turns, intensity ×U(0.6, 2) + U(−0.2, 0.2),
    Gaussian noise of σ ≤ 0.02), trained until the budget ends (`[train] max_train_seconds` of the config, the
    same budget as ours; checked after every batch, as ours is). Then `predict_instances` on each TEST_EDF field.
-3. Both scored by `train.metrics.score_masks`: each system's own output, and with the ISBI field-edge rule that
+3. Both scored by `train.scores.score_masks`: each system's own output, and with the ISBI field-edge rule that
    our infer applies (`--exclude-border`: nuclei cut by the field's edge are not annotated), so the difference
    the rule makes is shown, not hidden.
 
@@ -142,7 +142,7 @@ def score_fields(truths: dict[str, np.ndarray], predictions: dict[str, tuple[np.
     """Our scorer on each field; with ``field_edges`` (file → its edges that are the field's; unlisted files: all
     four) the nuclei cut by the field's edge are dropped first, as `infer --exclude-border` does."""
     from infer.measure import EDGES, clean_mask
-    from train.metrics import pool_scores, score_masks
+    from train.scores import pool_scores, score_masks
 
     rows, per_field = [], {}
     for name, (mask, seconds) in predictions.items():

@@ -26,8 +26,12 @@ from click.testing import CliRunner  # noqa: E402
 
 from prep.cli import cli as prep_cli  # noqa: E402
 from train.config import load_config  # noqa: E402
-from train.data import list_pairs, make_dataset  # noqa: E402
-from train.fit import build_model, compile_model, training_dataset_options  # noqa: E402
+from train.data import (  # noqa: E402
+    list_pairs,
+    make_dataset,
+    training_dataset_options,  # noqa: E402
+)
+from train.model import build_model, compile_model  # noqa: E402
 
 SMOKE = "--smoke" in sys.argv[1:]
 STEPS = 2 if SMOKE else 20

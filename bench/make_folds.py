@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from prep.atomic import publish, temp_dir_for  # noqa: E402
+from prep.atomic import atomic_output  # noqa: E402
 from prep.edf import InputError, discover_png_pairs  # noqa: E402
 
 TILE_NAME = re.compile(r"(?:.*_)?(?P<source>[^_]+)_(?P<row>\d+)x(?P<col>\d+)$")
@@ -76,9 +76,8 @@ def make_folds(tiles: Path, out: Path, folds: int, field_grid: int = 2, overwrit
     edges = {image.name: field_edges_of(image.stem, field_grid) for images in by_source.values() for image in images}
     held_out = [sources[k::folds] for k in range(folds)]
     summary = []
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = temp_dir_for(out)
-    try:
+    # out is missing, empty, or overwrite was asked for (checked above)
+    with atomic_output(out, overwrite=True) as temp:
         for k, test_sources in enumerate(held_out):
             for side, members in (("test", test_sources), ("train", [s for s in sources if s not in test_sources])):
                 folder = temp / f"fold{k}" / side
@@ -94,9 +93,6 @@ def make_folds(tiles: Path, out: Path, folds: int, field_grid: int = 2, overwrit
                                  for source in test_sources for image in by_source[source])
             summary.append({"fold": k, "test_sources": test_sources,
                             "train_sources": [s for s in sources if s not in test_sources]})
-        publish(temp, out, overwrite=True)  # out is missing, empty, or overwrite was asked for (checked above)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
     return summary
 
 
@@ -113,9 +109,8 @@ def make_field_folds(fields: Path, out: Path, folds: int, overwrite: bool = Fals
         raise ValueError(f"{fields}: {len(names)} fields cannot make {folds} folds")
     by_name = {ref.name: ref for ref in refs}
     summary = []
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = temp_dir_for(out)
-    try:
+    # out is missing, empty, or overwrite was asked for (checked above)
+    with atomic_output(out, overwrite=True) as temp:
         for k in range(folds):
             test_fields = names[k::folds]
             train_fields = [name for name in names if name not in test_fields]
@@ -126,9 +121,6 @@ def make_field_folds(fields: Path, out: Path, folds: int, overwrite: bool = Fals
                     shutil.copyfile(by_name[name].image_path, folder / f"{name}.png")
                     shutil.copyfile(by_name[name].mask_path, folder / f"{name}_GT.png")
             summary.append({"fold": k, "test_sources": test_fields, "train_sources": train_fields})
-        publish(temp, out, overwrite=True)  # out is missing, empty, or overwrite was asked for (checked above)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
     return summary
 
 

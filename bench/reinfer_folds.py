@@ -43,12 +43,12 @@ def fold_folders(runs: Path) -> list[tuple[Path, Path]]:
 
 def reinfer(run: Path, test: Path, flags: list[str], output: Path) -> dict:
     """One fold's model on its test fields with ``flags``: its per-image rows and pooled scores."""
-    from bench_real import DATA_KEYS, _read_rows, _run
+    from bench_real import DATA_KEYS, _read_rows, _run, excludes_border
 
     from infer.cli import cli as infer_cli
 
     settings = [item for key, value in DATA_KEYS.items() for item in ("--set", f"{key}={value}")]
-    if "--exclude-border" in flags and (test / FIELD_EDGES).is_file():
+    if excludes_border(flags) and (test / FIELD_EDGES).is_file():
         flags = [*flags, "--field-edges", str(test / FIELD_EDGES)]
     _run(infer_cli, ["--config", str(run / "train_eval_infer.config"), *settings, "--input", str(test),
                      "--gt", str(test), "--output", str(output), "--overwrite", "--no-progress", "--no-geojson",

@@ -10,7 +10,46 @@ from pathlib import Path
 
 import click
 
+from prep.console import show_warning
+from prep.imageio import DEFAULT_MAX_PIXELS
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see train/cli.py
+
+
+# infer's defaults: the settings measured best on the whole-field folds (docs/results.md: the fastest within
+# 0.005 nucleus Dice and 0.01 object F1 of eight-view TTA on tiles, in every run). Each flag given overrides its
+# preset value; --preset bare is the reference's plain prediction (stitched tiles, no TTA, no clean-up).
+PRESETS = {
+    "recommended": {"mode": "whole", "tta": True, "tta_mode": "4", "min_area": 30, "fill_holes": True,
+                    "exclude_border": True},
+    "bare": {"mode": "full", "tta": False, "tta_mode": "4", "min_area": 0, "fill_holes": False,
+             "exclude_border": False},
+}
+PRESET_KEYS = tuple(PRESETS["recommended"])
+
+
+def preset_text(name: str) -> str:
+    """A preset as the flags it stands for."""
+    values = PRESETS[name]
+    flags = [f"--mode {values['mode']}", f"--tta --tta-mode {values['tta_mode']}" if values["tta"] else "--no-tta",
+             f"--min-area {values['min_area']}", "--fill-holes" if values["fill_holes"] else "--no-fill-holes",
+             "--exclude-border" if values["exclude_border"] else "--keep-border"]
+    return " ".join(flags)
+
+
+def _shard(ctx, param, value):
+    """'K/N' → (K, N) with 1 ≤ K ≤ N."""
+    if value is None:
+        return None
+    index, sep, count = value.partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit() and 1 <= int(index) <= int(count)):
+        raise click.BadParameter(f"{value!r}: expected K/N with 1 ≤ K ≤ N, e.g. 2/8", ctx=ctx, param=param)
+    return int(index), int(count)
+
+
+def shard_of(inputs: list, index: int, count: int) -> list:
+    """The K-th (1-based) of ``count`` slices of the inputs in name order: every count-th from the K-th."""
+    return sorted(inputs, key=lambda path: str(path))[index - 1 :: count]
 
 
 def _finite(ctx, param, value):
@@ -19,9 +58,6 @@ def _finite(ctx, param, value):
         raise click.BadParameter(f"{value} is not a finite number", ctx=ctx, param=param)
     return value
 
-
-def _warn(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {message}", err=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -37,9 +73,12 @@ def _warn(message, category, filename, lineno, file=None, line=None):
               help="Output folder (default: [infer] output_dir).")
 @click.option("--overlap", type=click.FloatRange(0, 0.9), default=0.25, show_default=True, callback=_finite,
               help="Tile overlap fraction; overlapping predictions are blended with Gaussian weights.")
-@click.option("--tta/--no-tta", default=False, show_default=True,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="recommended", show_default=True,
+              help=f"Default settings: recommended = {preset_text('recommended')} (measured on whole ISBI fields); "
+                   f"bare = {preset_text('bare')} (the reference's). Any flag below overrides its preset value.")
+@click.option("--tta/--no-tta", default=None, show_default="by --preset",
               help="Average the 4 flips (4× the prediction cost; --tta-mode 8 for all 8 rotations/flips, 8×).")
-@click.option("--tta-mode", type=click.Choice(["4", "8"]), default="4", show_default=True,
+@click.option("--tta-mode", type=click.Choice(["4", "8"]), default=None, show_default="by --preset",
               help="With --tta: 4 = the flips (identity, horizontal, vertical, both); 8 = all eight flips and "
                    "quarter turns.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per predict.")
@@ -50,17 +89,18 @@ def _warn(message, category, filename, lineno, file=None, line=None):
               help="A `prep run` output: predict the full-size source images of --split (scored against their GT).")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True,
               help="With --dataset: whose sources to predict.")
-@click.option("--mode", type=click.Choice(["full", "whole", "tiles"]), default="full", show_default=True,
+@click.option("--mode", type=click.Choice(["full", "whole", "tiles"]), default=None, show_default="by --preset",
               help="full: stitched from overlapping model-size tiles (bounded memory, any size). whole: the image in "
                    "one pass of the fully convolutional network (padded to its pooling multiple; images over "
                    "4096² are stitched). tiles: images already the model's size are predicted whole, without "
                    "resizing (the reference's mini-test); other sizes are stitched.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, callback=_finite,
               help="Nucleus probability above which a pixel is nucleus.")
-@click.option("--min-area", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--min-area", type=click.IntRange(min=0), default=None, show_default="by --preset",
               help="Remove predicted nuclei smaller than this many pixels.")
-@click.option("--fill-holes", is_flag=True, help="Fill holes inside predicted nuclei.")
-@click.option("--exclude-border", is_flag=True,
+@click.option("--fill-holes/--no-fill-holes", default=None, show_default="by --preset",
+              help="Fill holes inside predicted nuclei.")
+@click.option("--exclude-border/--keep-border", default=None, show_default="by --preset",
               help="Drop nuclei that touch the image's edge (cut by the field of view: not measurable, and "
                    "left unannotated by the ISBI 2014 ground truth). Every edge of a whole field; for tiles cut "
                    "from a field, give their field edges with --field-edges.")
@@ -75,18 +115,24 @@ def _warn(message, category, filename, lineno, file=None, line=None):
 @click.option("--geojson/--no-geojson", "write_geojson", default=True, show_default=True,
               help="geojson/<name>.geojson: one polygon per nucleus with its measurements (QuPath: File > Import "
                    "objects).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Skip (and report) an image or GT whose header declares more pixels than this; read before "
+                   "decoding.")
+@click.option("--shard", callback=_shard, metavar="K/N",
+              help="Predict only the K-th of N slices of the inputs (every N-th in name order, from the K-th), for "
+                   "job arrays; each shard to its own --output, then: python -m infer.merge --output OUT SHARDS…")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=lambda: sys.stderr.isatty(), show_default="when stderr is a terminal",
               help="Show a progress bar (one step per image).")
 def cli(config_path: Path | None, model_path: Path | None, overrides, input_path: Path | None,
-        output_path: Path | None, overlap: float, tta: bool,
+        output_path: Path | None, overlap: float, preset: str, tta: bool | None,
         tta_mode: str, batch_size: int, save_prob: bool, gt_dir: Path | None, dataset_path: Path | None, split: str,
         mode: str, threshold: float, min_area: int, fill_holes: bool, exclude_border: bool,
-        field_edges_path: Path | None, split_touching: bool, write_labels: bool, write_geojson: bool, overwrite: bool,
-        progress: bool) -> None:
+        field_edges_path: Path | None, split_touching: bool, write_labels: bool, write_geojson: bool, max_pixels: int,
+        shard: tuple[int, int] | None, overwrite: bool, progress: bool) -> None:
     """Predict full-size nucleus masks: mask PNG (same size, 0/255), overlays/, predictions.csv, nuclei.csv,
     and with --gt scores.csv."""
-    warnings.showwarning = _warn
+    warnings.showwarning = show_warning
     from tqdm import tqdm
 
     from infer.run import (
@@ -99,7 +145,7 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
         read_field_edges,
     )
     from train.config import ConfigError, load_config
-    from train.fit import TrainError
+    from train.runs import TrainError
 
     try:
         if (config_path is None) == (model_path is None):
@@ -123,13 +169,18 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
             truth_of = truths.get
         else:
             inputs = list_inputs(input_path or config.infer.images_dir)
+        if shard is not None:
+            inputs = shard_of(inputs, *shard)
+            if not inputs:
+                raise InferError(f"--shard {shard[0]}/{shard[1]}: no input falls in this shard (fewer inputs than "
+                                 "shards)")
         if gt_dir is not None:
             if not gt_dir.is_dir():
                 raise InferError(f"{gt_dir}: --gt folder does not exist")
             truth_of = lambda image: find_truth(gt_dir, image)  # noqa: E731
         field_edges = {}
         if field_edges_path is not None:
-            if not exclude_border:
+            if not (PRESETS[preset]["exclude_border"] if exclude_border is None else exclude_border):
                 raise InferError("--field-edges only says where --exclude-border applies: give both")
             field_edges = read_field_edges(field_edges_path)
             unknown = sorted(set(field_edges) - {image.name for image in inputs})
@@ -141,14 +192,16 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
                      + [truth.parent for truth in (truths.values() if dataset_path is not None else [])])
         if output.exists() and not overwrite:
             raise InferError(f"{output} exists (use --overwrite to replace it)")
-        from train.evaluate import load_trained
+        from train.model import load_trained
 
-        model = load_trained(config, (None, None) if mode == "whole" else None)
-        options = options_from(config, overlap=overlap, tta=tta, tta_mode=tta_mode, batch_size=batch_size,
-                               save_prob=save_prob, mode=mode, threshold=threshold, min_area=min_area,
-                               fill_holes=fill_holes, exclude_border=exclude_border, field_edges=field_edges,
-                               split_touching=split_touching, write_labels=write_labels, write_geojson=write_geojson)
-        record = run_record(config, options, model_path, len(inputs))
+        options = options_from(config, preset=preset, overlap=overlap, tta=tta, tta_mode=tta_mode,
+                               batch_size=batch_size, save_prob=save_prob, mode=mode, threshold=threshold,
+                               min_area=min_area, fill_holes=fill_holes, exclude_border=exclude_border,
+                               field_edges=field_edges, split_touching=split_touching, write_labels=write_labels,
+                               write_geojson=write_geojson, max_pixels=max_pixels)
+        model = load_trained(config, (None, None) if options.mode == "whole" else None)
+        record = {**run_record(config, options, model_path, len(inputs)), "preset": preset,
+                  "shard": {"index": shard[0], "of": shard[1]} if shard else None}
         bar = tqdm(total=len(inputs), unit="image", desc="infer", disable=not progress, file=sys.stderr)
         try:
             result = predict_folder(config, model, inputs, output, options, truth_of, overwrite,
@@ -161,7 +214,7 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
         click.echo("interrupted: nothing written", err=True)
         sys.exit(130)
 
-    done = len(result.rows)
+    done = len(result.rows) - len(result.failures)
     click.echo(f"predicted {done} image(s) into {output}: masks, overlays/, "
                + ("labels/, " if write_labels else "") + ("geojson/, " if write_geojson else "")
                + "predictions.csv, nuclei.csv" + (", probabilities/" if save_prob else "")
@@ -174,23 +227,30 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
                    f"{'' if p['n_extra'] == 1 else 's'}, {p['n_missed']} missed nucle"
                    f"{'us' if p['n_missed'] == 1 else 'i'}, outline Dice {p['mean_outline_dice']:.4f} (mean per image)")
     if result.failures:
-        click.echo(f"error: {len(result.failures)} image(s) could not be read: {', '.join(result.failures)}",
-                   err=True)
+        click.echo(f"error: {len(result.failures)} image(s) could not be read (predictions.csv says why): "
+                   f"{', '.join(result.failures)}", err=True)
         sys.exit(1)
 
 
-def options_from(config, *, overlap: float, tta: bool, tta_mode: str, batch_size: int, mode: str, threshold: float,
-                 min_area: int, fill_holes: bool, exclude_border: bool, split_touching: bool, save_prob: bool = False,
-                 field_edges=None, write_labels: bool = True, write_geojson: bool = True, **_ignored):
-    """InferOptions from the CLI's values (the benches parse flags with ``cli.make_context`` and call this too)."""
+def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | None, batch_size: int, mode: str | None,
+                 threshold: float, min_area: int | None, fill_holes: bool | None, exclude_border: bool | None,
+                 split_touching: bool, save_prob: bool = False, field_edges=None, write_labels: bool = True,
+                 write_geojson: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, preset: str = "recommended",
+                 **_ignored):
+    """InferOptions from the CLI's values, each one not given (None) taken from ``preset`` (the benches parse flags
+    with ``cli.make_context`` and call this too)."""
     from infer.run import InferOptions
 
+    given = {"mode": mode, "tta": tta, "tta_mode": tta_mode, "min_area": min_area, "fill_holes": fill_holes,
+             "exclude_border": exclude_border}
+    chosen = {key: PRESETS[preset][key] if value is None else value for key, value in given.items()}
     m = config.model
     return InferOptions(multiple=m.downsample * 2 ** (m.num_layers - 1), overlap=overlap,
-                        tta=int(tta_mode) if tta else 0, batch_size=batch_size, save_prob=save_prob, mode=mode,
-                        threshold=threshold, min_area=min_area, fill_holes=fill_holes, exclude_border=exclude_border,
+                        tta=int(chosen["tta_mode"]) if chosen["tta"] else 0, batch_size=batch_size,
+                        save_prob=save_prob, mode=chosen["mode"], threshold=threshold, min_area=chosen["min_area"],
+                        fill_holes=chosen["fill_holes"], exclude_border=chosen["exclude_border"],
                         field_edges=field_edges or {}, split_touching=split_touching, labels=write_labels,
-                        geojson=write_geojson)
+                        geojson=write_geojson, max_pixels=max_pixels)
 
 
 def run_record(config, options, model_path: Path | None, inputs: int) -> dict:
@@ -199,7 +259,7 @@ def run_record(config, options, model_path: Path | None, inputs: int) -> dict:
     import shlex
 
     from train.card import file_sha256, versions
-    from train.fit import run_paths
+    from train.runs import run_paths
 
     paths = run_paths(config)
     weights = paths.trained

@@ -5,7 +5,6 @@ per-nucleus measurements, and scores against ground truth. I/O lives here; the c
 from __future__ import annotations
 
 import csv
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -14,14 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from prep.atomic import output_relation, publish, temp_dir_for
-from prep.imageio import ImageReadError, read_image, write_png
+from prep.atomic import OutputError, atomic_output, output_relation
+from prep.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageReadError, luma, read_image, write_png
 from prep.truth import OUTLINE, TruthError, describe, read_truth
 from train.config import Config
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 GT_SUFFIX = "_GT"
-PREDICTION_COLUMNS = ("file", "height", "width", "tiles", "nuclei", "nucleus_area_fraction", "seconds")
+# status: ok, or failed with its reason in error (the other columns then empty).
+PREDICTION_COLUMNS = ("file", "status", "height", "width", "tiles", "nuclei", "nucleus_area_fraction", "seconds",
+                      "error")
 
 
 class InferError(ValueError):
@@ -47,6 +47,7 @@ class InferOptions:
     weighting: str = "gaussian"
     labels: bool = True  # labels/<stem>.png, 16-bit instance ids
     geojson: bool = True  # geojson/<stem>.geojson, one polygon per nucleus (QuPath)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images (by their header) are skipped, not decoded
 
 
 @dataclass
@@ -60,6 +61,8 @@ class InferResult:
 def list_inputs(source: Path) -> list[Path]:
     """Images to predict: one file, or a folder's images without the ISBI ground-truth files (*_GT.*)."""
     if source.is_file():
+        if source.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InferError(f"--input {source}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
         return [source]
     if not source.is_dir():
         raise InferError(f"{source}: --input does not exist")
@@ -144,7 +147,7 @@ def dataset_sources(dataset: Path, split: str) -> list[tuple[Path, Path]]:
 def model_input(rgb: np.ndarray, config: Config) -> np.ndarray:
     """uint8 RGB → what the model was trained on: its channel count and colour order (still uint8)."""
     if config.model.image_channels == 1:
-        return rgb.mean(axis=2, keepdims=True).round().astype(np.uint8)
+        return luma(rgb)  # as train.data reads tiles for a grey model
     return rgb[:, :, ::-1] if config.image.color_order == "BGR" else rgb
 
 
@@ -215,8 +218,8 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def _read_truth(image: Path, shape: tuple[int, ...], truth_of: Callable[[Path], Path | None] | None
-                ) -> np.ndarray | None:
+def _read_truth(image: Path, shape: tuple[int, ...], truth_of: Callable[[Path], Path | None] | None,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
     """The image's ground truth as a nucleus mask (outline GT filled, with a warning), or None when not scored."""
     if truth_of is None:
         return None
@@ -224,7 +227,7 @@ def _read_truth(image: Path, shape: tuple[int, ...], truth_of: Callable[[Path], 
     if truth_path is None:
         warnings.warn(f"no ground truth for {image.name}: not scored", stacklevel=3)
         return None
-    truth = read_truth(truth_path)
+    truth = read_truth(truth_path, max_pixels=max_pixels)
     if truth.mask.shape != shape:
         raise TruthError(f"{truth_path}: size {truth.mask.shape[1]}×{truth.mask.shape[0]} differs from {image.name} "
                          f"({shape[1]}×{shape[0]})")
@@ -252,7 +255,7 @@ def predict_image(path: Path, rgb: np.ndarray, truth: np.ndarray | None, config:
     streamed ``probability_out``)."""
     from infer.measure import EDGES, clean_mask, label_nuclei, measure_nuclei, separate_touching
     from infer.stitch import count_tiles
-    from train.metrics import score_masks
+    from train.scores import score_masks
 
     start = time.monotonic()
     tile = config.model.image_height
@@ -269,7 +272,7 @@ def predict_image(path: Path, rgb: np.ndarray, truth: np.ndarray | None, config:
         labels = separate_touching(labels)
         mask = labels > 0
     nuclei = measure_nuclei(labels, rgb, confidence)
-    row = {"file": path.name, "height": height, "width": width,
+    row = {"file": path.name, "status": "ok", "height": height, "width": width,
            "tiles": 1 if tiles_mode or whole_pass(options, height, width)
            else count_tiles(height, width, tile, options.overlap),
            "nuclei": len(nuclei), "nucleus_area_fraction": float(mask.mean()),
@@ -311,64 +314,58 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
     """Predict every input into a temp folder beside ``output``, then rename it into place; ``truth_of``
     gives an input's ground truth to score against (None: not scored); ``record`` becomes infer.json."""
     from infer.measure import MEASUREMENT_COLUMNS
-    from train.metrics import pool_scores
+    from train.scores import pool_scores
 
     if output.exists() and not overwrite:
         raise InferError(f"{output} exists (use --overwrite to replace it)")
     if config.model.image_width != config.model.image_height:
         raise InferError(f"{config.path}: stitching needs square tiles, [model] image_width ≠ image_height")
-    temp = temp_dir_for(output)
-    try:
-        if temp.exists():
-            shutil.rmtree(temp)
-        folders = ["overlays", *(["labels"] if options.labels else []), *(["geojson"] if options.geojson else []),
-                   *(["probabilities"] if options.save_prob else [])]
-        for name in folders:
-            (temp / name).mkdir(parents=True)
-    except OSError as err:
-        raise InferError(f"{output}: cannot write the output folder ({err.strerror or err})") from None
-
     predict_batch = make_predictor(model)
     result = InferResult()
     nuclei_rows: list[dict] = []
     try:
-        for path in inputs:
-            try:
-                rgb = read_image(path)
-                truth = _read_truth(path, rgb.shape[:2], truth_of)
-            except (ImageReadError, TruthError) as err:
-                warnings.warn(f"skipping {err}", stacklevel=2)
-                result.failures.append(str(path))
+        with atomic_output(output, overwrite) as temp:
+            for name in ["overlays", *(["labels"] if options.labels else []),
+                         *(["geojson"] if options.geojson else []), *(["probabilities"] if options.save_prob else [])]:
+                (temp / name).mkdir()
+            for path in inputs:
+                try:
+                    rgb = read_image(path, options.max_pixels)
+                    truth = _read_truth(path, rgb.shape[:2], truth_of, options.max_pixels)
+                except (ImageReadError, TruthError) as err:
+                    # One bad file costs its own prediction only: named here, in predictions.csv and the exit status.
+                    warnings.warn(f"skipping {err}", stacklevel=2)
+                    result.failures.append(str(path))
+                    result.rows.append({"file": path.name, "status": "failed", "error": str(err)})
+                    if progress:
+                        progress(path)
+                    continue
+                probability = None
+                if options.save_prob:
+                    probability = NpyRowWriter(temp / "probabilities" / f"{path.stem}.npy", rgb.shape[:2])
+                image = predict_image(path, rgb, truth, config, predict_batch, options, probability)
+                if probability is not None:
+                    probability.close()
+                write_image(temp, image, rgb, options)
+                nuclei_rows.extend({"image": path.name, **nucleus} for nucleus in image.nuclei)
+                if image.scores is not None:
+                    result.scores.append({"file": path.name, **image.scores})
+                result.rows.append(image.row)
                 if progress:
                     progress(path)
-                continue
-            probability = None
-            if options.save_prob:
-                probability = NpyRowWriter(temp / "probabilities" / f"{path.stem}.npy", rgb.shape[:2])
-            image = predict_image(path, rgb, truth, config, predict_batch, options, probability)
-            if probability is not None:
-                probability.close()
-            write_image(temp, image, rgb, options)
-            nuclei_rows.extend({"image": path.name, **nucleus} for nucleus in image.nuclei)
-            if image.scores is not None:
-                result.scores.append({"file": path.name, **image.scores})
-            result.rows.append(image.row)
-            if progress:
-                progress(path)
-        if record is not None:
-            import json
+            if record is not None:
+                import json
 
-            summary = {"predicted": len(result.rows), "failed": result.failures}
-            (temp / "infer.json").write_text(json.dumps({**record, **summary}, indent=1, default=str) + "\n")
-        _write_csv(temp / "predictions.csv", PREDICTION_COLUMNS, result.rows)
-        _write_csv(temp / "nuclei.csv", ("image", *MEASUREMENT_COLUMNS), nuclei_rows)
-        if result.scores:
-            result.pooled = pool_scores([{k: v for k, v in row.items() if k != "file"} for row in result.scores])
-            per_image = [k for k in result.scores[0] if k != "file"]
-            columns = ["file", *per_image, *[k for k in result.pooled if k not in per_image]]  # + pooled-only
-            _write_csv(temp / "scores.csv", columns, [*result.scores, {"file": "POOLED", **result.pooled}])
-        publish(temp, output, overwrite)  # replaces an existing output only now that everything is written
-    finally:
-        if temp.exists():
-            shutil.rmtree(temp, ignore_errors=True)
+                summary = {"predicted": len(result.rows) - len(result.failures), "failed": result.failures}
+                (temp / "infer.json").write_text(json.dumps({**record, **summary}, indent=1, default=str) + "\n")
+            _write_csv(temp / "predictions.csv", PREDICTION_COLUMNS, result.rows)
+            _write_csv(temp / "nuclei.csv", ("image", *MEASUREMENT_COLUMNS), nuclei_rows)
+            if result.scores:
+                result.pooled = pool_scores([{k: v for k, v in row.items() if k != "file"} for row in result.scores])
+                per_image = [k for k in result.scores[0] if k != "file"]
+                columns = ["file", *per_image, *[k for k in result.pooled if k not in per_image]]  # + pooled-only
+                _write_csv(temp / "scores.csv", columns, [*result.scores, {"file": "POOLED", **result.pooled}])
+            # Leaving the block publishes: an existing output is replaced only now that everything is written.
+    except OutputError as err:
+        raise InferError(str(err)) from None
     return result

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import shlex
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -16,8 +15,9 @@ import click
 from prep import __version__
 from prep.atomic import output_relation
 from prep.augment import NO_AUGMENTATION, AugOptions, parse_centers, parse_floats, plan
+from prep.console import show_warning
 from prep.edf import InputError, discover
-from prep.imageio import ImageReadError
+from prep.imageio import DEFAULT_MAX_PIXELS, ImageReadError
 from prep.split import SPLITS, parse_ratios, split_sources
 from prep.truth import GT_RULES
 
@@ -69,9 +69,6 @@ def _rotations(ctx, param, value: str) -> tuple[int, ...]:
     return tuple(degrees)
 
 
-def _warn(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {message}", err=True)
-
 
 def main() -> None:
     cli(prog_name="prep")
@@ -81,7 +78,7 @@ def main() -> None:
 @click.version_option(__version__, prog_name="prep")
 def cli() -> None:
     """Prepare ISBI 2014 EDF cervical cytology images as a 512×512 tile dataset for nucleus segmentation."""
-    warnings.showwarning = _warn
+    warnings.showwarning = show_warning
 
 
 @cli.command("run")
@@ -134,6 +131,8 @@ def cli() -> None:
               help="Processes; sources are processed in parallel.")
 @click.option("--png-compression", type=click.IntRange(0, 9), default=3, show_default=True,
               help="PNG zlib level (0 fastest, 9 smallest).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse an image or GT whose header declares more pixels than this (checked before decoding).")
 @click.option("--mat-image-key", help="Variable holding the images in a .mat input (default: guessed).")
 @click.option("--mat-mask-key", help="Variable holding the nuclei in the GT .mat (default: *Nuclei).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
@@ -144,7 +143,8 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
                 hflip: bool, vflip: bool, rotations, elastic_alpha: float, elastic_sigmas,
                 distortion_sizes, distortion_sigma: float, barrel_radius: float, barrel_amounts,
                 barrel_centers, pincushion_amounts, fade_factors, no_augment: bool, workers: int, png_compression: int,
-                mat_image_key: str | None, mat_mask_key: str | None, overwrite: bool, progress: bool) -> None:
+                max_pixels: int, mat_image_key: str | None, mat_mask_key: str | None, overwrite: bool,
+                progress: bool) -> None:
     """Tile EDF images (and their nucleus GT) into train/valid/test, split by source image."""
     from tqdm import tqdm
 
@@ -211,20 +211,24 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
 
     try:
         sources = discover(input_path.expanduser(), masks_path.expanduser() if masks_path else None,
-                           exclusions, mat_image_key, mat_mask_key, gt_rule)
+                           exclusions, mat_image_key, mat_mask_key, gt_rule, max_pixels)
     except (InputError, ImageReadError) as err:
         raise click.ClickException(str(err)) from err
 
     assignment = split_sources([s.name for s in sources], ratios, seed)
-    for split in SPLITS:
+    for split, ratio in zip(SPLITS, ratios, strict=True):
         names = assignment[split]
         click.echo(f"{split:>5}: {len(names):3d} source(s) {' '.join(names)}", err=True)
+        if ratio > 0 and not names:
+            warnings.warn(f"the {split} split is empty: {len(sources)} source(s) split {split_text} leave none for "
+                          f"it (give more sources, or --split with a larger {split} share)", stacklevel=1)
     try:
         output_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise click.ClickException(f"{output_path.parent}: cannot create the folder of --output ({err})") from err
     settings = TileSettings(tile_size=tile_size, skip_empty=skip_empty, gt_rule=gt_rule, seed=seed,
-                            png_compression=png_compression, augmentations=specs, augment_splits=augmented)
+                            png_compression=png_compression, augmentations=specs, augment_splits=augmented,
+                            max_pixels=max_pixels)
     parameters = {
         "input": str(input_path), "masks": str(masks_path) if masks_path else None,
         "exclude": list(exclusions), "gt_rule": gt_rule, "tile_size": tile_size,
@@ -250,6 +254,11 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
     except (InputError, ImageReadError, FileExistsError, ValueError, OSError) as err:
         bar.close()
         raise click.ClickException(f"{err}; nothing written to {output_path}") from err
+    except MemoryError:
+        bar.close()
+        raise click.ClickException(f"not enough memory to tile the sources: lower --max-pixels (now {max_pixels:,}) "
+                                   f"to refuse such large images up front, or --workers; nothing written to "
+                                   f"{output_path}") from None
     bar.close()
     for split in SPLITS:
         counts = record["counts"][split]
@@ -263,29 +272,27 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
               help="Folder to create in ISBI layout (EDFnnn.png + EDFnnn_GT.png).")
 @click.option("--count", type=click.IntRange(min=1), default=16, show_default=True, help="Number of images.")
 @click.option("--size", type=click.IntRange(min=32), default=1024, show_default=True, help="Image edge.")
-@click.option("--seed", type=int, default=137, show_default=True)
+@click.option("--seed", type=int, default=137, show_default=True, help="Seed of the sample: one seed, one sample.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=lambda: sys.stderr.isatty(), show_default="when stderr is a terminal",
               help="Show a progress bar.")
 def synth_command(output_path: Path, count: int, size: int, seed: int, overwrite: bool, progress: bool) -> None:
     """Generate a deterministic synthetic EDF-like sample (the built-in default data)."""
-    from prep.atomic import publish, temp_dir_for
+    from prep.atomic import atomic_output
     from prep.synth import write_sample
 
     if output_path.exists() and not overwrite:
         raise click.ClickException(f"{output_path} exists (use --overwrite to replace it)")
-    if not output_path.parent.is_dir():
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-    temp_dir = temp_dir_for(output_path)
+    if output_path.exists() and not output_path.is_dir():
+        raise click.ClickException(f"{output_path} exists and is not a folder")
     try:
-        write_sample(temp_dir, count=count, size=size, seed=seed, progress=progress)
-        publish(temp_dir, output_path, overwrite)
+        with atomic_output(output_path, overwrite) as temp_dir:
+            write_sample(temp_dir, count=count, size=size, seed=seed, progress=progress)
     except KeyboardInterrupt:
         click.echo(f"interrupted: nothing written to {output_path}", err=True)
         sys.exit(130)
-    finally:
-        if temp_dir.exists():
-            shutil.rmtree(temp_dir, ignore_errors=True)
+    except OSError as err:
+        raise click.ClickException(f"{err}; nothing written to {output_path}") from None
     click.echo(f"wrote {count} synthetic EDF image(s) of {size}×{size} to {output_path}")
 
 

@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import multiprocessing
-import shutil
 import signal
 import zlib
 from collections import Counter
@@ -24,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from prep import __version__
-from prep.atomic import publish, temp_dir_for
+from prep.atomic import atomic_output
 from prep.augment import RANDOM_KINDS, AugSpec, apply
 from prep.edf import SourceRef, load_source, sha256
-from prep.imageio import encode_png, mask_to_rgb
+from prep.imageio import DEFAULT_MAX_PIXELS, encode_png, mask_to_rgb
 from prep.split import SPLITS, check_disjoint
 from prep.tiling import crop, grid, pad_to_grid, tile_name
 
@@ -44,6 +43,7 @@ class TileSettings:
     png_compression: int = 3
     augmentations: tuple[AugSpec, ...] = ()
     augment_splits: tuple[str, ...] = ("train",)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # refused before decoding (prep.imageio.check_pixels)
 
 
 @dataclass
@@ -91,7 +91,7 @@ def tiles_of_source(image: np.ndarray, mask: np.ndarray, source: str, split: str
 
 def process_source(ref: SourceRef, split: str, out_dir: Path, settings: TileSettings) -> SourceResult:
     """Tile (and augment) one source into ``out_dir/<split>/{images,masks}``."""
-    image, mask = load_source(ref, settings.gt_rule)
+    image, mask = load_source(ref, settings.gt_rule, settings.max_pixels)
     result = SourceResult(ref.name, split, *mask.shape)
     images_dir = out_dir / split / "images"
     masks_dir = out_dir / split / "masks"
@@ -198,13 +198,7 @@ def write_dataset(job: PrepJob, progress: Callable[[SourceResult], None] | None 
     missing = [ref.name for ref in job.sources if ref.name not in split_of]
     if missing:
         raise ValueError(f"sources without a split: {', '.join(missing)}")
-    if job.out_dir.exists() and not job.overwrite:
-        raise FileExistsError(f"{job.out_dir} exists (use --overwrite to replace it)")
-
-    temp_dir = temp_dir_for(job.out_dir)
-    if temp_dir.exists():
-        shutil.rmtree(temp_dir)
-    try:
+    with atomic_output(job.out_dir, job.overwrite) as temp_dir:
         for split in SPLITS:
             for kind in ("images", "masks"):
                 (temp_dir / split / kind).mkdir(parents=True)
@@ -242,8 +236,4 @@ def write_dataset(job: PrepJob, progress: Callable[[SourceResult], None] | None 
             "run": {"command": job.command, "workers": job.workers, "output": str(job.out_dir)},
         }
         (temp_dir / "prep.json").write_text(json.dumps(record, indent=2) + "\n")
-        publish(temp_dir, job.out_dir, job.overwrite)
-        return record
-    finally:
-        if temp_dir.exists():
-            shutil.rmtree(temp_dir, ignore_errors=True)
+    return record

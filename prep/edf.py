@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from prep.imageio import PNG_END, PNG_SIGNATURE, ImageReadError, read_image, to_rgb
+from prep.imageio import DEFAULT_MAX_PIXELS, PNG_END, PNG_SIGNATURE, ImageReadError, check_pixels, read_image, to_rgb
 from prep.truth import FILLED, OUTLINE, Truth, TruthError, count_nuclei, describe, read_truth
 
 GT_SUFFIX = "_GT"
-IMAGE_SUFFIXES = (".png",)
+ISBI_SUFFIXES = (".png",)  # the ISBI layout: EDFnnn.png + EDFnnn_GT.png
 MAT_SUFFIX = ".mat"
 NUMBERED_SUFFIXES = (".tif", ".tiff", ".png")  # images paired by number with a .mat's cells
 
@@ -97,7 +97,7 @@ def discover_png_pairs(input_dir: Path, masks_dir: Path | None = None,
     for path in sorted(input_dir.iterdir()):
         if path.is_dir() or path.name.startswith("."):
             continue
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if path.suffix.lower() not in ISBI_SUFFIXES:
             warnings.warn(f"ignoring {path} (not a .png image)", stacklevel=2)
             continue
         if path.stem.endswith(GT_SUFFIX):
@@ -107,7 +107,7 @@ def discover_png_pairs(input_dir: Path, masks_dir: Path | None = None,
         images[path.stem] = path
     if masks_dir is not None:
         for path in sorted(masks_dir.iterdir()):
-            if path.is_dir() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            if path.is_dir() or path.suffix.lower() not in ISBI_SUFFIXES:
                 continue
             stem = path.stem[: -len(GT_SUFFIX)] if path.stem.endswith(GT_SUFFIX) else path.stem
             if stem in masks and masks[stem] != path:
@@ -266,14 +266,15 @@ def _mat_image(value: object) -> np.ndarray:
     return to_rgb(array)
 
 
-def load_source(ref: SourceRef, gt_rule: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def load_source(ref: SourceRef, gt_rule: str = "auto",
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 image, boolean nucleus mask) of one source."""
     if ref.image_key is None:
-        image = read_image(ref.image_path)
+        image = read_image(ref.image_path, max_pixels)
     else:
         image = _mat_image(_entries(mat_variables(ref.image_path)[ref.image_key])[ref.index])
     if ref.index is None:
-        mask = read_truth(ref.mask_path, gt_rule).mask
+        mask = read_truth(ref.mask_path, gt_rule, max_pixels).mask
         if image.shape[:2] != mask.shape:
             raise ImageReadError(f"{ref.mask_path}: size differs from its image {ref.image_path.name}")
     else:
@@ -283,17 +284,20 @@ def load_source(ref: SourceRef, gt_rule: str = "auto") -> tuple[np.ndarray, np.n
 
 
 def check_truths(refs: Sequence[SourceRef], gt_rule: str = "auto",
-                 warn=lambda message: warnings.warn(message, stacklevel=3)) -> list[SourceRef]:
+                 warn=lambda message: warnings.warn(message, stacklevel=3),
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[SourceRef]:
     """Read every source's ground truth once (before any work), each with its form, nucleus count and nucleus
     fraction; an outline GT gets a warning naming it and what filling gave, an unreadable one (or a .mat entry
-    whose size differs from its image) an InputError."""
+    whose size differs from its image, or an image whose header declares over ``max_pixels``) an InputError."""
     checked = []
     for ref in refs:
         try:
-            if ref.index is None:  # a PNG pair: its sizes were checked from the headers
-                truth = read_truth(ref.mask_path, gt_rule)
+            if ref.index is None:  # an image file and its GT: their sizes were checked from the headers
+                if ref.image_key is None:
+                    check_pixels(ref.image_path, max_pixels=max_pixels)
+                truth = read_truth(ref.mask_path, gt_rule, max_pixels)
             else:
-                image, mask = load_source(ref, gt_rule)
+                image, mask = load_source(ref, gt_rule, max_pixels)
                 if image.shape[:2] != mask.shape:
                     raise InputError(f"{ref.mask_path}: cell {ref.index + 1} of {ref.mask_key} is "
                                      f"{mask.shape[1]}×{mask.shape[0]}, its image ({ref.image_path}, entry "
@@ -355,7 +359,8 @@ def discover_numbered_images(input_dir: Path, mask_path: Path, mask_key: str | N
 
 
 def discover(input_path: Path, masks: Path | None = None, exclude: Sequence[str] = (),
-             image_key: str | None = None, mask_key: str | None = None, gt_rule: str = "auto") -> list[SourceRef]:
+             image_key: str | None = None, mask_key: str | None = None, gt_rule: str = "auto",
+             max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[SourceRef]:
     """Sources of a PNG folder, of a .mat pair, or of numbered images with a GT .mat, their ground truth read
     and checked (``check_truths``)."""
     if input_path.suffix.lower() == MAT_SUFFIX:
@@ -368,4 +373,4 @@ def discover(input_path: Path, masks: Path | None = None, exclude: Sequence[str]
         refs = discover_numbered_images(input_path, masks, mask_key, exclude)
     else:
         refs = discover_png_pairs(input_path, masks, exclude)
-    return check_truths(refs, gt_rule)
+    return check_truths(refs, gt_rule, max_pixels=max_pixels)

@@ -6,6 +6,7 @@ its many pixel formats (grey, 16-bit, RGBA) stop here.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -14,14 +15,43 @@ import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"
+# The image files prep, train and infer read (OpenCV decodes them all; the ISBI layout itself is PNG).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# Pixels an image may declare before it is decoded (OpenCV's own cap): a 138-byte PNG can claim 60000×60000.
+DEFAULT_MAX_PIXELS = 2**30
 
 
 class ImageReadError(ValueError):
     """An input file that cannot be read as an image; the message names the file."""
 
 
-def decode(path: Path) -> np.ndarray:
-    """A file's pixels as OpenCV decodes them (any depth and channel count; colour in BGR order)."""
+def declared_size(source: bytes | Path) -> tuple[int, int] | None:
+    """(width, height) from an image file's header (its bytes, or the file), without decoding its pixels; None
+    when Pillow does not know the format (OpenCV's own checks then apply)."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the caller applies its own limit
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def check_pixels(path: Path, data: bytes | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse a file (read from ``data`` when given) whose header declares more than ``max_pixels`` pixels
+    (None: no limit)."""
+    size = declared_size(path if data is None else data) if max_pixels is not None else None
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageReadError(f"{path}: {size[0]}×{size[1]} = {size[0] * size[1]:,} pixels, over the limit of "
+                             f"{max_pixels:,} (--max-pixels)")
+
+
+def decode(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A file's pixels as OpenCV decodes them (any depth and channel count; colour in BGR order). Its header's
+    size is checked against ``max_pixels`` first."""
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -34,7 +64,14 @@ def decode(path: Path) -> np.ndarray:
         # libpng returns a partly decoded image for some truncations; the end chunk tells for sure.
         if not data.rstrip(b"\x00").endswith(PNG_END):
             raise ImageReadError(f"{path}: truncated PNG (no IEND chunk)")
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    check_pixels(path, data, max_pixels)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # e.g. over OpenCV's own pixel cap
+        raise ImageReadError(f"{path}: cannot decode image ({str(err).strip().splitlines()[-1]})") from None
+    except MemoryError:
+        raise ImageReadError(f"{path}: not enough memory to decode it (lower --max-pixels to refuse such "
+                             "images up front)") from None
     if array is None or array.size == 0:
         raise ImageReadError(f"{path}: cannot decode image")
     return array
@@ -75,11 +112,22 @@ def to_rgb(array: np.ndarray, order: str = "RGB") -> np.ndarray:
     return np.ascontiguousarray(array[:, :, :3])
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+# One grey for every model input (ITU-R BT.601 luma): infer's numpy and train's tf.data use these weights, so a
+# grey model sees a colour image the same way in training and in prediction (a grey image: its own values).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """uint8 H×W×3 RGB → uint8 H×W×1 grey by LUMA_WEIGHTS, rounded."""
+    weighted = rgb.astype(np.float32) @ np.asarray(LUMA_WEIGHTS, np.float32)
+    return np.clip(np.rint(weighted), 0, 255).astype(np.uint8)[:, :, None]
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a grey, RGB or RGBA image of 8 or 16 bits as uint8 H×W×3 RGB."""
     path = Path(path)
     try:
-        return to_rgb(decode(path), order="BGR")
+        return to_rgb(decode(path, max_pixels), order="BGR")
     except (TypeError, ValueError) as err:
         if isinstance(err, ImageReadError):
             raise
@@ -113,9 +161,10 @@ def binarise(array: np.ndarray, rule: str = "nonzero") -> np.ndarray:
 MASK_RULES = ("nonzero", "half", "otsu", "blur-otsu")
 
 
-def read_mask(path: str | os.PathLike, rule: str = "nonzero") -> np.ndarray:
+def read_mask(path: str | os.PathLike, rule: str = "nonzero",
+              max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a nucleus annotation image as a boolean H×W mask."""
-    return binarise(decode(Path(path)), rule)
+    return binarise(decode(Path(path), max_pixels), rule)
 
 
 def mask_to_rgb(mask: np.ndarray) -> np.ndarray:

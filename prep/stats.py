@@ -83,8 +83,10 @@ def format_sources(rows: list[dict]) -> str:
     return _aligned(header, body)
 
 
-def plot_stats(table: dict[str, dict], target: Path) -> None:
-    """Stacked bars of tiles per augmentation kind for each split, and the nucleus-pixel fraction."""
+def plot_stats(table: dict[str, dict], target: Path):
+    """Stacked bars of tiles per augmentation kind for each split (a log axis when the splits differ by more than
+    20×, so a small test split stays visible; un-augmented tiles are "original"), and the nucleus-pixel
+    fraction. Returns the tiles axis' legend labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,15 +98,21 @@ def plot_stats(table: dict[str, dict], target: Path) -> None:
     bottom = [0] * len(splits)
     for kind in kinds:
         heights = [table[s]["augmentations"].get(kind, 0) for s in splits]
-        tiles_axis.bar(splits, heights, bottom=bottom, label=kind)
+        tiles_axis.bar(splits, heights, bottom=bottom, label="original" if kind == "none" else kind)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     for x, split in enumerate(splits):
         tiles_axis.annotate(f"{table[split]['tiles']} tiles\n{table[split]['sources']} sources",
                             (x, bottom[x]), ha="center", va="bottom", fontsize=8)
     tiles_axis.set_ylabel("tiles")
+    totals = [t for t in bottom if t > 0]
+    if totals and max(totals) > 20 * min(totals):
+        tiles_axis.set_yscale("log")
+        tiles_axis.set_ylabel("tiles (log scale)")
     tiles_axis.set_title("tiles per split and augmentation")
+    labels = []
     if kinds:
-        tiles_axis.legend(fontsize=7, loc="upper right")
+        legend = tiles_axis.legend(fontsize=7, loc="upper right")
+        labels = [text.get_text() for text in legend.get_texts()]
     tiles_axis.margins(y=0.2)
     fraction_axis.bar(splits, [100 * table[s]["nucleus_fraction"] for s in splits], color="#a33")
     fraction_axis.set_ylabel("nucleus pixels (%)")
@@ -113,3 +121,4 @@ def plot_stats(table: dict[str, dict], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(target, dpi=100, metadata={"Software": None})
     plt.close(figure)
+    return labels

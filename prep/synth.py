@@ -24,6 +24,7 @@ __all__ = ["synth_field", "write_sample"]
 # (the real images have a fixed magnification).
 REFERENCE_AREA = 1024 * 1024
 MIN_SIZE = 32
+SYNTH_PREFIX = "SYN"  # synthetic fields: SYN000…, never the real EDF000…
 
 # Fixed-point precision for cv2 polygon drawing (sub-pixel vertices, still a hard-edged fill).
 _SHIFT = 4
@@ -407,7 +408,8 @@ def write_sample(
     seed: int = 137,
     progress: bool = True,
 ) -> list[Path]:
-    """Write ``EDF000.png … EDF{count-1}.png`` with ``EDFnnn_GT.png`` masks (3-channel, exactly 0/255).
+    """Write ``SYN000.png … SYN{count-1}.png`` with ``SYNnnn_GT.png`` masks (3-channel, exactly 0/255), in the ISBI
+    layout; named SYN so that they cannot be mistaken for (or collide with) the real ISBI fields EDF000….
 
     Image k is drawn from ``SeedSequence([seed, k])``, so it does not depend on ``count``.
     Returns the image paths.
@@ -422,8 +424,8 @@ def write_sample(
     for index in tqdm(range(count), desc="synth", unit="image", disable=not progress):
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
         image, mask = synth_field(size, rng)
-        image_path = output_dir / f"EDF{index:03d}.png"
-        gt_path = output_dir / f"EDF{index:03d}_GT.png"
+        image_path = output_dir / f"{SYNTH_PREFIX}{index:03d}.png"
+        gt_path = output_dir / f"{SYNTH_PREFIX}{index:03d}_GT.png"
         # OpenCV writes BGR; the grey channels are identical, but convert anyway to stay correct.
         if not cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise OSError(f"could not write {image_path}")

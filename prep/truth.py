@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from prep.imageio import MASK_RULES, binarise, decode
+from prep.imageio import DEFAULT_MAX_PIXELS, MASK_RULES, binarise, decode
 
 GT_RULES = ("auto", "outline", *MASK_RULES)  # auto: filled masks as they are (nonzero), outlines filled
 FILLED, OUTLINE = "filled", "outline"
@@ -102,10 +102,10 @@ def interpret(annotation: np.ndarray, rule: str = "auto", name: str = "ground tr
     return Truth(annotated, FILLED, count_nuclei(annotated))
 
 
-def read_truth(path: str | os.PathLike, rule: str = "auto") -> Truth:
+def read_truth(path: str | os.PathLike, rule: str = "auto", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Truth:
     """Decode a ground-truth image (PNG/TIFF, 8/16-bit, grey/RGB) and interpret it by ``rule``."""
     path = Path(path)
-    return interpret(decode(path), rule, str(path))
+    return interpret(decode(path, max_pixels), rule, str(path))
 
 
 def describe(truth: Truth, name: str) -> str:

@@ -37,7 +37,7 @@ def test_make_demo_runs_end_to_end_and_lists_files_that_exist(tmp_path: Path):
     assert len(named) >= 7, listed  # the lines that spell a whole path (the rest name files beside them)
     for path in named:
         assert Path(path).is_file(), path
-    assert sorted(sample.glob("EDF*_GT.png")) and (demo / "dataset" / "manifest.csv").is_file()
+    assert sorted(sample.glob("SYN*_GT.png")) and (demo / "dataset" / "manifest.csv").is_file()
     assert list((demo / "epoch_change_infer").glob("epoch_*.png"))
 
     with (demo / "infer" / "scores.csv").open(newline="") as handle:
@@ -55,7 +55,7 @@ def test_make_demo_runs_end_to_end_and_lists_files_that_exist(tmp_path: Path):
     printed = next(line.strip() for line in listed.splitlines() if "--model" in line)
     own = tmp_path / "my-fields"
     own.mkdir()
-    shutil.copyfile(sample / "EDF000.png", own / "field.png")
+    shutil.copyfile(sample / "SYN000.png", own / "field.png")
     command = printed.replace("YOUR_FOLDER", str(own)).replace("YOUR_OUTPUT", str(tmp_path / "mine")).split()
     mine = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           timeout=300)

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from infer.cli import cli as infer_cli
-from tests.conftest import random_pair
+from tests.conftest import REPO, random_pair
 
 CONFIG = """
 [model]
@@ -38,7 +38,7 @@ def make_project(root: Path, layers: int = 3, weights_layers: int | None = None)
     import keras
 
     from train.config import load_config
-    from train.fit import build_model
+    from train.model import build_model
 
     root.mkdir(parents=True, exist_ok=True)
     config_path = root / "train_eval_infer.config"
@@ -66,7 +66,10 @@ def project(tmp_path_factory) -> Path:
 
 
 def invoke(*args):
-    return CliRunner().invoke(infer_cli, [str(a) for a in args])
+    """infer with the reference's bare settings unless a test names its --preset: these tests check the mechanics
+    (sizes, tiles, thresholds) on an untrained model, which the recommended clean-up would blur."""
+    preset = [] if "--preset" in args else ["--preset", "bare"]
+    return CliRunner().invoke(infer_cli, [*preset, *(str(a) for a in args)])
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -241,7 +244,9 @@ def test_outline_ground_truth_is_filled_and_open_contours_skip_only_their_image(
                     "--no-geojson", "--no-progress")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "EDF300x300_GT.png" in result.output and "do not close" in result.output
-    assert [r["file"] for r in read_csv(tmp_path / "open" / "predictions.csv")] == ["EDF512x1536.png"]
+    rows = read_csv(tmp_path / "open" / "predictions.csv")
+    assert {r["file"]: r["status"] for r in rows} == {"EDF300x300.png": "failed", "EDF512x1536.png": "ok"}
+    assert "do not close" in next(r["error"] for r in rows if r["status"] == "failed")
 
 
 def test_an_output_is_never_the_input_nor_a_file(project: Path, tmp_path: Path):
@@ -294,3 +299,63 @@ def test_whole_mode_predicts_each_image_in_one_pass(project: Path, tmp_path: Pat
         mask = cv2.imread(str(out / row["file"]), cv2.IMREAD_UNCHANGED)
         assert mask.shape[:2] == (int(row["height"]), int(row["width"]))
     assert json.loads((out / "infer.json").read_text())["options"]["mode"] == "whole"
+
+
+def test_defaults_are_the_documented_recommended_preset(project: Path, tmp_path: Path):
+    from infer.cli import PRESETS, preset_text
+
+    result = invoke("--config", project, "--preset", "recommended", "--output", tmp_path / "out", "--no-geojson",
+                    "--no-labels", "--no-progress")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "infer.json").read_text())
+    options = record["options"]
+    assert record["preset"] == "recommended"
+    recommended = PRESETS["recommended"]
+    assert (options["mode"], options["tta"], options["min_area"], options["fill_holes"], options["exclude_border"]) == (
+        recommended["mode"], int(recommended["tta_mode"]) if recommended["tta"] else 0, recommended["min_area"],
+        recommended["fill_holes"], recommended["exclude_border"])
+    documented = (REPO / "README.md").read_text(encoding="utf-8")
+    assert preset_text("recommended") in documented  # the README names the flags the defaults stand for
+    given = invoke("--config", project, "--min-area", "0", "--no-tta", "--output", tmp_path / "own", "--no-geojson",
+                   "--no-labels", "--no-progress", "--preset", "recommended")
+    assert given.exit_code == 0, given.output
+    own = json.loads((tmp_path / "own" / "infer.json").read_text())["options"]
+    assert (own["min_area"], own["tta"], own["mode"]) == (0, 0, recommended["mode"])  # a flag beats its preset
+
+
+def test_shards_cover_every_input_once_and_merge_into_the_single_run(project: Path, tmp_path: Path):
+    from infer.cli import shard_of
+    from infer.merge import main as merge_main
+    from tests.conftest import tree_digest
+
+    names = [f"f{k}" for k in range(7)]
+    assert sorted(n for k in range(1, 4) for n in shard_of(names, k, 3)) == sorted(names)
+    assert shard_of(names, 2, 3) == ["f1", "f4"]
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(9)
+    for k in range(5):
+        image, mask = random_pair(rng, 96, 96)
+        cv2.imwrite(str(images / f"s{k}.png"), image)
+        cv2.imwrite(str(images / f"s{k}_GT.png"), mask)
+    common = ["--config", project, "--input", images, "--gt", images, "--no-progress"]
+    assert invoke(*common, "--output", tmp_path / "single").exit_code == 0
+    for k in (1, 2, 3):
+        result = invoke(*common, "--shard", f"{k}/3", "--output", tmp_path / f"shard{k}")
+        assert result.exit_code == 0, result.output
+    partial = CliRunner().invoke(merge_main, [str(tmp_path / "shard1"), "--output", str(tmp_path / "bad")])
+    assert partial.exit_code == 1 and "missing [2, 3]" in partial.output
+    merged = CliRunner().invoke(merge_main, [str(tmp_path / f"shard{k}") for k in (1, 2, 3)]
+                                + ["--output", str(tmp_path / "merged")])
+    assert merged.exit_code == 0, merged.output
+    single, together = tree_digest(tmp_path / "single"), tree_digest(tmp_path / "merged")
+    per_image = {k: v for k, v in single.items() if not k.endswith((".csv", ".json"))}
+    assert per_image and {k: together[k] for k in per_image} == per_image  # masks, labels, overlays, GeoJSON
+    by_file = lambda rows: sorted(rows, key=lambda r: (r.get("file") or r.get("image"), r.get("id", "")))  # noqa: E731
+    assert by_file(read_csv(tmp_path / "merged" / "nuclei.csv")) == by_file(read_csv(tmp_path / "single" /
+                                                                                     "nuclei.csv"))
+    pooled = [next(r for r in read_csv(tmp_path / name / "scores.csv") if r["file"] == "POOLED")
+              for name in ("single", "merged")]
+    assert pooled[0]["nucleus_dice"] == pooled[1]["nucleus_dice"] and pooled[0]["object_f1"] == pooled[1]["object_f1"]
+    bad = invoke(*common, "--shard", "4/3", "--output", tmp_path / "x")
+    assert bad.exit_code == 2 and "1 ≤ K ≤ N" in bad.output

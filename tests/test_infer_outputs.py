@@ -110,7 +110,7 @@ def predicted(tmp_path_factory) -> Path:
     cv2.imwrite(str(images / "EDF300x420.png"), image)
     # An untrained model's mask is noise; a low threshold makes it blobs big enough to compare outlines, and
     # --fill-holes (as the recommended flags) closes the 1-pixel holes that marching squares draws at half size.
-    result = CliRunner().invoke(infer_cli, ["--config", str(config), "--output", str(root / "out"),
+    result = CliRunner().invoke(infer_cli, ["--preset", "bare", "--config", str(config), "--output", str(root / "out"),
                                             "--threshold", "0.3", "--min-area", "10", "--fill-holes",
                                             "--split-touching", "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -149,8 +149,8 @@ def test_labels_geojson_and_table_agree_id_for_id_and_pixel_for_pixel(predicted:
 
 def test_each_instance_output_can_be_turned_off(predicted: Path, tmp_path: Path):
     config = predicted.parent / "train_eval_infer.config"
-    result = CliRunner().invoke(infer_cli, ["--config", str(config), "--output", str(tmp_path / "bare"),
-                                            "--no-labels", "--no-geojson", "--no-progress"])
+    result = CliRunner().invoke(infer_cli, ["--preset", "bare", "--config", str(config), "--output",
+                                            str(tmp_path / "bare"), "--no-labels", "--no-geojson", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "bare" / "labels").exists() and not (tmp_path / "bare" / "geojson").exists()
     assert (tmp_path / "bare" / "EDF300x420.png").is_file()

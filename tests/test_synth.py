@@ -77,8 +77,8 @@ def test_non_square_small_size() -> None:
 def test_write_sample(tmp_path: Path) -> None:
     out = tmp_path / "EDF"
     paths = write_sample(out, count=2, size=256, seed=5, progress=False)
-    assert paths == [out / "EDF000.png", out / "EDF001.png"]
-    expected = ["EDF000.png", "EDF000_GT.png", "EDF001.png", "EDF001_GT.png"]
+    assert paths == [out / "SYN000.png", out / "SYN001.png"]
+    expected = ["SYN000.png", "SYN000_GT.png", "SYN001.png", "SYN001_GT.png"]
     assert sorted(p.name for p in out.iterdir()) == expected
     nucleus_pixels = 0
     for path in paths:
@@ -95,7 +95,7 @@ def test_write_sample(tmp_path: Path) -> None:
 def test_write_sample_image_does_not_depend_on_count(tmp_path: Path) -> None:
     write_sample(tmp_path / "a", count=1, size=96, seed=11, progress=False)
     write_sample(tmp_path / "b", count=3, size=96, seed=11, progress=False)
-    for name in ("EDF000.png", "EDF000_GT.png"):
+    for name in ("SYN000.png", "SYN000_GT.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
@@ -103,7 +103,7 @@ def test_written_pair_matches_core(tmp_path: Path) -> None:
     (path,) = write_sample(tmp_path, count=1, size=64, seed=3, progress=False)
     image, mask = synth_field(64, np.random.default_rng(np.random.SeedSequence([3, 0])))
     written = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    gt = cv2.imread(str(tmp_path / "EDF000_GT.png"), cv2.IMREAD_GRAYSCALE)
+    gt = cv2.imread(str(tmp_path / "SYN000_GT.png"), cv2.IMREAD_GRAYSCALE)
     assert np.array_equal(written, image)
     assert np.array_equal(gt == 255, mask)
 

@@ -78,7 +78,7 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str):
 def test_choices_take_any_case_and_come_back_in_one_spelling(tmp_path: Path):
     # The code compares against one spelling: "Cosine" must mean cosine, not fall through to plateau.
     config = load_config(write(tmp_path, "[model]\noptimizer = adamw\nloss = Dice_CE\n"
-                                         "[train]\nlr_schedule = Cosine\nstrategy = MIRRORED\n"
+                                         "[train]\nlr_schedule = Cosine\nstrategy = MIRRORED\nsteps_per_epoch = 2\n"
                                          "[image]\ncolor_order = bgr\n"))
     assert (config.model.optimizer, config.model.loss) == ("AdamW", "dice_ce")
     assert (config.train.lr_schedule, config.train.strategy, config.image.color_order) == ("cosine", "mirrored", "BGR")
@@ -120,7 +120,7 @@ def test_unreadable_configs(tmp_path: Path):
 
 
 def test_local_contrast_key_reaches_the_model(tmp_path: Path):
-    from train.fit import build_model
+    from train.model import build_model
 
     text = "[model]\nimage_width = 64\nimage_height = 64\nimage_channels = 1\nbase_kernels = (3,3)\nnum_layers = 3\n"
     assert load_config(write(tmp_path, text)).model.local_contrast == 0  # off unless asked: reference unchanged
@@ -141,3 +141,35 @@ def test_provenance_copy_keeps_the_overrides_and_rebuilds_the_same_config(tmp_pa
     assert again.model.num_layers == 3 and again.model.dropout_rate == 0.1 and again.model.base_kernels == (5, 5)
     assert again.train.model_dir == (tmp_path / "runs" / "m").resolve()  # resolved, not relative to the copy
     assert load_config(path).provenance_text() == path.read_text()  # no overrides: the file as it is
+
+
+def test_the_config_reference_lists_every_key_with_its_default():
+    import ast
+    import re
+
+    from tests.conftest import REPO
+    from train.config import SCHEMA
+
+    table = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `\[(\w+\] \w+)` \| `([^`]*)` \|", table, re.MULTILINE))
+    keys = {f"{section}] {key}" for section, keys in SCHEMA.items() for key in keys}
+    assert set(rows) == keys, (sorted(keys - set(rows)), sorted(set(rows) - keys))
+    for name, text in rows.items():
+        section, key = name.split("] ")
+        default = SCHEMA[section][key].default
+        try:
+            documented = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            documented = text  # a bare word, as the config itself reads it
+        assert documented == default, (name, text, default)
+
+
+def test_a_loaded_config_cannot_be_changed_behind_its_checks(tmp_path: Path):
+    import dataclasses
+
+    config = load_config(write(tmp_path, "[model]\nnum_layers = 3\n[train]\ncrop_size = (64,64)\n"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.crop_size = (66, 66)  # would skip the divisibility rule checked at load
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.model = config.train
+    assert type(config.train).__name__ == "TrainSection" and config.train.crop_size == (64, 64)

@@ -13,14 +13,13 @@ from tests.conftest import random_pair
 from train.data import (
     DataError,
     _mask_to_labels,
-    _orientations,
-    _window,
     check_masks,
     check_sizes,
     dataset_size,
     list_pairs,
     make_dataset,
 )
+from train.windows import cut_window, orientations
 
 RGB_MAP = {(0, 0, 0): 0, (255, 255, 255): 1}
 SIZE = 64
@@ -71,6 +70,23 @@ def test_white_is_class_one_and_pixels_are_exact(tmp_path: Path):
         np.testing.assert_array_equal(mask[index, :, :, 1] == 1.0, expected_mask)
         expected_image = cv2.cvtColor(cv2.imread(images[index]), cv2.COLOR_BGR2RGB)
         np.testing.assert_array_equal(np.rint(image[index] * 255).astype(np.uint8), expected_image)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_grey_model_sees_a_colour_tile_as_infer_does(tmp_path: Path, suffix: str):
+    from infer.run import model_input
+    from train.config import load_config
+
+    root = write_tiles(tmp_path, count=1, suffix=suffix)
+    images, masks = list_pairs(root / "images", root / "masks", suffix)
+    colour = np.random.default_rng(2).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    cv2.imwrite(images[0], colour[:, :, ::-1])
+    image, _ = first_batch(make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), image_channels=1))
+    config_path = tmp_path / "grey.config"
+    config_path.write_text("[model]\nimage_channels = 1\nimage_width = 64\nimage_height = 64\nnum_layers = 3\n")
+    expected = model_input(colour, load_config(config_path))
+    assert expected.shape == (SIZE, SIZE, 1) and len(np.unique(expected)) > 100  # a real colour-to-grey
+    np.testing.assert_array_equal(np.rint(image[0] * 255).astype(np.uint8), expected)
 
 
 def test_coloured_multi_class_masks_map_each_colour_to_its_class(tmp_path: Path):
@@ -142,8 +158,8 @@ def test_a_window_is_flipped_then_turned_like_numpy(flip_v: bool, flip_h: bool, 
     uniforms = np.full((1, 11), 0.9, np.float32)
     uniforms[0, 4], uniforms[0, 5] = (0.25 if flip_v else 0.75), (0.25 if flip_h else 0.75)  # < 0.5 flips
     uniforms[0, 6] = (turns + 0.5) / 4
-    flip_rows, flip_columns, transpose = _orientations(tf.constant(uniforms), True, True)
-    window_image, window_labels = _window(tf.constant(image), tf.constant(labels), tf.constant([3, 5]),
+    flip_rows, flip_columns, transpose = orientations(tf.constant(uniforms), True, True)
+    window_image, window_labels = cut_window(tf.constant(image), tf.constant(labels), tf.constant([3, 5]),
                                           tf.constant([8, 8]), None, flip_rows[0], flip_columns[0], transpose[0])
 
     def expected(array: np.ndarray) -> np.ndarray:
@@ -231,11 +247,11 @@ def test_random_blur_softens_windows_and_leaves_the_mask(tmp_path: Path):
         make_dataset(images, masks, RGB_MAP, 2, (SIZE, SIZE), crop_size=(8, 8), random_blur=3.0)
 
 
-def test_gaussian_blur_matches_opencv_per_window():
-    from train.data import _gaussian_blur
+def test_gaussian_blur_matches_opencv_percut_window():
+    from train.windows import gaussian_blur
 
     windows = np.random.default_rng(0).random((3, 40, 40, 2)).astype(np.float32)
-    blurred = _gaussian_blur(tf.constant(windows), tf.constant([0.0, 1.0, 2.5]), 3.0).numpy()
+    blurred = gaussian_blur(tf.constant(windows), tf.constant([0.0, 1.0, 2.5]), 3.0).numpy()
     np.testing.assert_array_equal(blurred[0], windows[0])  # sigma 0: untouched
     for k, sigma in ((1, 1.0), (2, 2.5)):
         for c in range(2):

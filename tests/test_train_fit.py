@@ -115,7 +115,8 @@ def test_fit_evaluate_summary_write_every_artifact(tmp_path: Path, tiny_dataset:
 
     evaluated = invoke("evaluate", "--config", config)
     assert evaluated.exit_code == 0, evaluated.output
-    rows = read_rows(tmp_path / "evaluation.csv")
+    header, *rows = read_rows(tmp_path / "evaluation.csv")
+    assert header == ["metric", "value"]
     assert [r[0] for r in rows[:2]] == ["categorical_crossentropy", "dice_coef_multiclass"]
     names = [r[0] for r in rows]
     for name in ("nucleus_dice", "nucleus_iou", "object_f1", "fnro"):
@@ -143,7 +144,7 @@ def test_custom_loss_trains_saves_a_whole_model_and_evaluates_under_its_name(tmp
     evaluated = invoke("evaluate", "--config", config, "--set", f"model.loss={loss}",
                        "--set", "train.save_weights_only=False")
     assert evaluated.exit_code == 0, evaluated.output
-    assert read_rows(tmp_path / "evaluation.csv")[0][0] == loss
+    assert read_rows(tmp_path / "evaluation.csv")[1][0] == loss
 
 
 def test_reduce_lr_on_plateau_gets_the_configured_values(tmp_path: Path, tiny_dataset: Path):
@@ -187,8 +188,8 @@ def test_cosine_schedule_decays_the_learning_rate_every_step_and_replaces_the_pl
     fit(config, verbose=0, extra_callbacks=[Recorder()])
     expected = [config.model.learning_rate * cosine_factor(step / 6) for step in range(6)]
     np.testing.assert_allclose(seen, expected, rtol=1e-5)
-    with pytest.raises(Exception, match=r"lr_schedule = \"cosine\" needs steps_per_epoch or max_train_seconds"):
-        callbacks_for(load_config(config.path, ["train.lr_schedule=cosine"]), run_paths(config), ([], []))
+    with pytest.raises(ConfigError, match=r"lr_schedule = \"cosine\" needs steps_per_epoch or max_train_seconds"):
+        load_config(config.path, ["train.lr_schedule=cosine"])  # refused when loaded, before anything runs
 
 
 class Killed(Exception):
@@ -253,7 +254,9 @@ _MIRRORED_AVERAGING = """
 import json, sys
 import keras, numpy as np
 from train.config import ConfigError, load_config
-from train.fit import build_model, fit, run_paths
+from train.fit import fit
+from train.model import build_model
+from train.runs import run_paths
 from train.callbacks import batch_norm_layers
 
 config = load_config(sys.argv[1], ["train.strategy=mirrored", *json.loads(sys.argv[2])])
@@ -442,7 +445,7 @@ def test_a_killed_averaging_run_resumes_its_mean(tmp_path: Path, tiny_dataset: P
     ([0, 1, 2, 0, 0, 0], []),                   # resumed, and the resumed part never reached its window
 ])
 def test_averaged_epochs_are_read_from_the_log_marks(marks, expected):
-    from train.fit import averaged_epochs
+    from train.runs import averaged_epochs
 
     history = {"epoch": list(range(1, len(marks) + 1)), "averaged": marks} if marks else {"epoch": [1, 2, 3]}
     assert averaged_epochs(history) == expected
@@ -479,12 +482,11 @@ def test_batch_norm_recalibration_ends_at_the_mean_of_the_batch_statistics():
 ])
 def test_weight_average_settings_that_cannot_work_are_refused(flags, expected, tmp_path: Path, tiny_dataset: Path):
     from train.config import ConfigError, load_config
-    from train.fit import callbacks_for, run_paths
 
-    config = load_config(make_run(tmp_path, tiny_dataset), flags)
+    config_path = make_run(tmp_path, tiny_dataset)
     with pytest.raises(ConfigError) as caught:
-        callbacks_for(config, run_paths(config), ([], []))
-    assert expected in str(caught.value) and str(config.path) in str(caught.value)
+        load_config(config_path, flags)  # when loaded, before anything is built or touched
+    assert expected in str(caught.value) and str(config_path.resolve()) in str(caught.value)
 
 
 def _trained_weights(run: Path, dataset: Path, seed: int) -> list[np.ndarray]:
@@ -586,7 +588,7 @@ def test_init_weights_fine_tunes_from_a_model_folder_and_refuses_another_archite
     from train.fit import fit
 
     fit(load_config(tuned_config), extra_callbacks=[FirstWeights()])
-    from train.fit import build_model
+    from train.model import build_model
 
     reference = build_model(load_config(config), (None, None))
     reference.load_weights(str(base / "models" / "best.weights.h5"))

@@ -13,7 +13,7 @@ import cv2
 import keras
 import numpy as np
 
-from train.fit import AVERAGED_KEY
+from train.runs import AVERAGED_KEY
 
 
 def montage_row(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -24,31 +24,63 @@ def montage_row(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) ->
     return np.hstack([as_rgb[0], separator, as_rgb[1], separator, as_rgb[2]])
 
 
+MONTAGE_COLUMNS = ("image", "truth", "prediction")
+
+
+def montage_header(width: int, tile: int, epoch: int) -> np.ndarray:
+    """A white band naming the columns and the epoch, so a montage read on its own says what it shows."""
+    scale = max(0.3, min(1.0, tile / 256))
+    height = int(round(22 * scale)) + 8
+    band = np.full((height, width, 3), 255, np.uint8)
+    for column, name in enumerate(MONTAGE_COLUMNS):
+        label = f"{name}, epoch {epoch}" if column == 2 else name
+        cv2.putText(band, label, (column * (tile + 4) + 3, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    return band
+
+
+def montage_sheet(display: np.ndarray, truths: np.ndarray, predictions: np.ndarray, epoch: int) -> np.ndarray:
+    """The titled sheet of one epoch: a header, then one image | truth | prediction row per tile."""
+    rows = [montage_row(img, truth, pred) for img, truth, pred in zip(display, truths, predictions, strict=True)]
+    body = np.vstack([np.vstack([row, np.full((4, row.shape[1], 3), 255, np.uint8)]) for row in rows])
+    return np.vstack([montage_header(body.shape[1], display.shape[2], epoch), body])
+
+
 class EpochMontage(keras.callbacks.Callback):
-    """After every epoch, predict a few validation tiles and save image | ground truth | prediction."""
+    """After every epoch, predict a few validation tiles and save image | ground truth | prediction.
 
-    def __init__(self, image_paths, mask_paths, out_dir: Path, config):
+    ``inputs`` are the tiles as the model sees them, ``truths`` their class maps, ``display`` their RGB uint8
+    pictures (``train.data.montage_tiles`` makes all three from the config)."""
+
+    def __init__(self, inputs: np.ndarray, truths: np.ndarray, display: np.ndarray, out_dir: Path):
         super().__init__()
-        from train.data import make_dataset
-        from train.fit import tile_dataset_options
-
-        # The tiles exactly as the model sees them, read once through the training pipeline.
-        pairs = make_dataset(image_paths, mask_paths, batch_size=len(image_paths), shuffle=False,
-                             **tile_dataset_options(config))
-        inputs, truths = (tensor.numpy() for tensor in next(iter(pairs)))
-        self.inputs = inputs
-        self.truths = np.argmax(truths, axis=-1)
-        bgr = config.image.color_order == "BGR" and inputs.shape[-1] == 3
-        self.display = np.rint((inputs[..., ::-1] if bgr else inputs) * 255).astype(np.uint8)
+        self.inputs, self.truths, self.display = inputs, truths, display
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def on_epoch_end(self, epoch, logs=None):
         predictions = np.argmax(self.model.predict(self.inputs, verbose=0, batch_size=2), axis=-1)
-        rows = [montage_row(img, truth, pred)
-                for img, truth, pred in zip(self.display, self.truths, predictions, strict=True)]
-        sheet = np.vstack([np.vstack([row, np.full((4, row.shape[1], 3), 255, np.uint8)]) for row in rows])
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        sheet = montage_sheet(self.display, self.truths, predictions, epoch + 1)
         cv2.imwrite(str(self.out_dir / f"epoch_{epoch + 1:03d}.png"), sheet[:, :, ::-1])
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stop at the first batch whose loss is NaN or infinite (as keras.callbacks.TerminateOnNaN) and say where,
+    so ``fit`` can fail instead of keeping the weights such a run leaves."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.diverged: tuple[int, int, float] | None = None  # (epoch, batch, loss), 1-based
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and self.diverged is None and not math.isfinite(float(loss)):
+            self.diverged = (self.epoch + 1, batch + 1, float(loss))
+            self.model.stop_training = True
 
 
 class TimeBudget(keras.callbacks.Callback):

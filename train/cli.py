@@ -9,13 +9,12 @@ from pathlib import Path
 
 import click
 
+from prep.console import show_warning
+
 # TensorFlow's C++ log (e.g. "failed call to cuInit" on every CPU machine) is not for our users; real
 # errors still surface as exceptions. Set TF_CPP_MIN_LOG_LEVEL yourself to see it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-
-def _warn(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {message}", err=True)
 
 
 config_option = click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
@@ -40,7 +39,7 @@ def _load(config_path: Path, overrides):
 def _user_errors():
     from train.config import ConfigError
     from train.data import DataError
-    from train.fit import TrainError
+    from train.runs import TrainError
 
     return (ConfigError, DataError, TrainError, FileNotFoundError)
 
@@ -65,28 +64,37 @@ def _run(action):
     except tf.errors.InvalidArgumentError as err:
         # In-graph data checks (mask colour outside rgb_map, tile size) name the file in their message.
         raise click.ClickException(f"bad data: {_assertion_text(err.message or str(err))}") from None
+    except OSError as err:  # a folder that cannot be written, a disk that is full: name the path, no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        raise click.ClickException(f"{where}{err.strerror or err}") from None
     except KeyboardInterrupt:
-        click.echo("interrupted: the last finished epoch is kept; run the same command to resume", err=True)
+        click.echo("interrupted: the last finished epoch is kept; run the same command to resume (or add --fresh "
+                   "to start again)", err=True)
         sys.exit(130)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli() -> None:
     """Train and evaluate FlexUNet on the prep tile dataset."""
-    warnings.showwarning = _warn
+    warnings.showwarning = show_warning
 
 
 @cli.command("fit")
 @config_option
 @set_option
-@click.option("--overwrite", is_flag=True, help="Replace a finished model in [train] model_dir.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a finished model in [train] model_dir (kept until the new run has finished, and put back "
+                   "if it fails).")
+@click.option("--fresh", is_flag=True,
+              help="Discard an interrupted run (its backup/ and its epochs' weights) and start from epoch 1 instead of "
+                   "resuming.")
 @progress_option
-def fit_command(config_path: Path, overrides, overwrite: bool, progress: bool) -> None:
+def fit_command(config_path: Path, overrides, overwrite: bool, fresh: bool, progress: bool) -> None:
     """Train from a config; a killed run resumes at its last finished epoch when run again."""
     config = _load(config_path, overrides)
     from train.fit import fit
 
-    summary = _run(lambda: fit(config, overwrite=overwrite, verbose=1 if progress else 2))
+    summary = _run(lambda: fit(config, overwrite=overwrite, verbose=1 if progress else 2, fresh=fresh))
     click.echo(f"{'resumed and ' if summary['resumed'] else ''}trained {summary['epochs']} epoch(s) in "
                f"{summary['seconds']:.0f} s on {summary['replicas']} replica(s); best val_loss "
                f"{summary['best_val_loss']:.4f}")
@@ -117,7 +125,7 @@ def evaluate_command(config_path: Path, overrides, overwrite: bool, progress: bo
 def summary_command(config_path: Path, overrides) -> None:
     """Build the model, print its layers and parameter count, check the data folders; trains nothing."""
     config = _load(config_path, overrides)
-    from train.fit import build_model
+    from train.model import build_model
 
     model = _run(lambda: build_model(config))
     model.summary(print_fn=lambda line, **_: click.echo(line))

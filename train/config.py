@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -134,12 +135,30 @@ def _as_choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def _as_choice_list(*choices: str, prefixes: tuple[str, ...] = ("",)) -> Callable[[Any], list[str]]:
+    """A parser for a list of names from ``choices`` (each may carry one of ``prefixes``, e.g. val_)."""
+    allowed = {prefix + choice for prefix in prefixes for choice in choices}
+
+    def parse(value: Any) -> list[str]:
+        names = _as_str_list(value)
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise TypeError(f"names from {', '.join(sorted(allowed))} (unknown: {', '.join(unknown)})")
+        return names
+    return parse
+
+
 def _positive_pair(value) -> str | None:
     return None if value is None or min(value) > 0 else "positive sizes"
 
 
-# [model] loss's choices; train.metrics.LOSSES holds their functions (this module is read without Keras).
+# [model] loss's and metrics' choices; train.losses.LOSSES / METRICS hold their functions (this module is read
+# without Keras; a test keeps the two in step).
 LOSS_NAMES = ("categorical_crossentropy", "dice_ce", "tversky_ce", "dice_hard_ce")
+METRIC_NAMES = ("dice_coef_multiclass", "nucleus_dice", "nucleus_iou")
+# [model] activation's choices: Keras' element-wise activations (a test checks each resolves in keras.activations).
+ACTIVATION_NAMES = ("relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "mish",
+                    "hard_silu", "hard_swish", "tanh", "sigmoid", "hard_sigmoid", "softplus", "softsign", "linear")
 COLOR_ORDERS = ("RGB", "BGR")  # [image] color_order's choices; train.data checks its callers against them too
 MAX_BLUR_SIGMA = 4.0  # [train] random_blur's bound, in pixels: a nucleus is 20-30 px wide, more would erase it
 
@@ -162,9 +181,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "learning_rate": Key(_as_float, 7e-5, check=_positive),
         "clipvalue": Key(lambda v: None if v is None else _as_float(v), 0.4),
         "loss": Key(_as_choice(*LOSS_NAMES), "categorical_crossentropy"),
-        "metrics": Key(_as_str_list, ["dice_coef_multiclass"]),
-        "activation": Key(_as_str, "relu"),
-        "final_activation": Key(_as_str, "softmax"),
+        "metrics": Key(_as_choice_list(*METRIC_NAMES), ["dice_coef_multiclass"]),
+        "activation": Key(_as_choice(*ACTIVATION_NAMES), "relu"),
+        # With num_classes ≥ 2 (always, here) the head is a softmax over classes whatever this says, as in the
+        # reference; a name is still checked.
+        "final_activation": Key(_as_choice("softmax", *ACTIVATION_NAMES), "softmax"),
         "show_summary": Key(_as_bool, False),
         # Ours: the network works at 1/downsample resolution (see train/model.py).
         "downsample": Key(_as_int, 1, check=_positive),
@@ -179,7 +200,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "epochs": Key(_as_int, 100, check=_positive),
         "batch_size": Key(_as_int, 2, check=_positive),
         "patience": Key(_as_int, 10, check=_non_negative),
-        "metrics": Key(_as_str_list, ["dice_coef_multiclass", "val_dice_coef_multiclass"]),
+        # The reference's list of the curves to watch: checked, each a compiled metric or the loss (val_ for the
+        # validation split's); every compiled metric's curve is written whatever it holds.
+        "metrics": Key(_as_choice_list("loss", *METRIC_NAMES, prefixes=("", "val_")),
+                       ["dice_coef_multiclass", "val_dice_coef_multiclass"]),
         "model_dir": Key(_as_str, "./models/", path=True),
         "eval_dir": Key(_as_str, "./eval/", path=True),
         "images_dir": Key(_as_str, "../../../dataset/Tiled-EDF-Cervical-Cytology/train/images/", path=True),
@@ -240,29 +264,29 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 
-class Section:
-    """Attribute access to one section's typed values."""
-
-    def __init__(self, name: str, values: dict[str, Any]):
-        self._name = name
-        self.__dict__.update(values)
-
-    def __repr__(self) -> str:
-        items = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if not k.startswith("_"))
-        return f"[{self._name}] {items}"
+def _section_class(name: str, keys: dict[str, Key]) -> type:
+    """A frozen dataclass for one section: its attributes are the schema's keys (docs/config.md says what each
+    means), typed by their defaults; once loaded, a config cannot be changed behind its checks."""
+    fields = [(key, Any) for key in keys]
+    section = dataclasses.make_dataclass(f"{name.title()}Section", fields, frozen=True)
+    section.__doc__ = f"The [{name}] section: " + ", ".join(keys) + " (see docs/config.md)."
+    return section
 
 
-@dataclass
+SECTIONS = {name: _section_class(name, keys) for name, keys in SCHEMA.items()}
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
-    model: Section
-    dataset: Section
-    train: Section
-    valid: Section
-    test: Section
-    infer: Section
-    image: Section
-    mask: Section
+    model: Any  # SECTIONS["model"], and so on: frozen dataclasses of each section's keys
+    dataset: Any
+    train: Any
+    valid: Any
+    test: Any
+    infer: Any
+    image: Any
+    mask: Any
     raw: dict[str, dict[str, str]] = field(default_factory=dict)
     overrides: tuple[str, ...] = ()  # the --set strings applied on top of the file
 
@@ -357,10 +381,37 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
             else:
                 default = spec.default
                 values[key] = (path.parent / default).resolve() if spec.path and default is not None else default
-        sections[name] = Section(name, values)
+        sections[name] = SECTIONS[name](**values)
     config = Config(path=path, raw=raw, overrides=tuple(overrides), **sections)
-    classes = sorted(set(config.mask.rgb_map.values()))
-    if classes != list(range(config.model.num_classes)):
-        raise ConfigError(f"{path}: [mask] rgb_map classes {classes} do not match [model] num_classes = "
-                          f"{config.model.num_classes}")
+    check_rules(config)
     return config
+
+
+def check_rules(config: Config) -> None:
+    """The rules between keys, all checked when the config is loaded, so a run that cannot work stops before
+    it touches anything; each error names the file and the keys."""
+    from train.architecture import check_architecture, pooling_multiple
+
+    path, m, t = config.path, config.model, config.train
+    classes = sorted(set(config.mask.rgb_map.values()))
+    if classes != list(range(m.num_classes)):
+        raise ConfigError(f"{path}: [mask] rgb_map classes {classes} do not match [model] num_classes = "
+                          f"{m.num_classes}")
+    try:
+        check_architecture(m.image_height, m.image_width, m.num_layers, m.base_kernels, m.dilation, m.downsample)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    multiple = pooling_multiple(m.num_layers, m.downsample)
+    crop = t.crop_size
+    if crop is not None and (crop[0] % multiple or crop[1] % multiple):
+        raise ConfigError(f"{path}: [train] crop_size = {crop}: must be divisible by {multiple} "
+                          f"([model] downsample × 2^(num_layers-1) = {m.downsample} × {2 ** (m.num_layers - 1)})")
+    total_steps = t.epochs * t.steps_per_epoch if t.steps_per_epoch else None
+    for setting, wanted in (('lr_schedule = "cosine"', t.lr_schedule == "cosine"),
+                            (f"average_weights = {t.average_weights}", t.average_weights > 0)):
+        if wanted and total_steps is None and not t.max_train_seconds:
+            raise ConfigError(f"{path}: [train] {setting} needs steps_per_epoch or max_train_seconds to know how "
+                              "long the run is")
+    if t.average_weights > 0 and t.save_best_only:
+        raise ConfigError(f"{path}: [train] average_weights = {t.average_weights} keeps the average of the run's "
+                          "end, not one best epoch: set save_best_only = False")

@@ -7,7 +7,6 @@ from ``seed``: one seed gives the same batches on every run.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,9 +15,10 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from train.config import COLOR_ORDERS, MAX_BLUR_SIGMA
+from prep.imageio import IMAGE_SUFFIXES, LUMA_WEIGHTS
+from train.config import COLOR_ORDERS, Config
+from train.windows import WindowOptions, windows_of_tile
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")  # tf.io.decode_image cannot read TIFF: those go through OpenCV
 SHUFFLE_BUFFER = 256
 PREFLIGHT_FILES = 8
@@ -149,22 +149,12 @@ def make_dataset(
     decoding return elements out of order. ``autotune`` (default: only where a GPU is visible) lets tf.data tune
     its parallelism and buffers while it runs; it never changes the batches.
     """
-    if crops_per_tile < 1 or (crops_per_tile > 1 and crop_size is None):
-        raise DataError(f"[train] crops_per_tile = {crops_per_tile}: expected 1, or more with a crop_size")
-    window = crop_size or image_size
-    if random_rotations and window[0] != window[1]:
-        raise DataError(f"[train] random_rotations: needs square windows, got {_hw(window)} (set a square crop_size)")
-    if not 0.0 <= intensity_jitter < 1.0:
-        raise DataError(f"[train] intensity_jitter = {intensity_jitter}: expected a value in [0, 1)")
-    if not 0.0 <= random_scale < 1.0:
-        raise DataError(f"[train] random_scale = {random_scale}: expected a value in [0, 1)")
-    if not 0.0 <= random_blur <= MAX_BLUR_SIGMA:
-        raise DataError(f"[train] random_blur = {random_blur}: expected a value in [0, {MAX_BLUR_SIGMA:g}] (pixels)")
-    if random_blur > 0 and min(window) <= _blur_radius(random_blur):
-        raise DataError(f"[train] random_blur = {random_blur}: windows of {_hw(window)} are too small to blur "
-                        f"(need more than {_blur_radius(random_blur)} px a side)")
-    if random_scale > 0 and crop_size is None:
-        raise DataError("[train] random_scale: needs a crop_size (the zoomed window is cut from the tile)")
+    windows = WindowOptions(crop_size, crops_per_tile, random_flips, random_rotations, intensity_jitter, random_scale,
+                            random_blur, foreground_bias)
+    try:
+        windows.check(image_size)
+    except ValueError as err:
+        raise DataError(str(err)) from None
     image_paths, mask_paths = [str(path) for path in image_paths], [str(path) for path in mask_paths]
     _validate_arguments(
         image_paths, mask_paths, num_classes, image_size, image_channels, batch_size, crop_size, color_order,
@@ -185,52 +175,16 @@ def make_dataset(
 
     def load(paths: tuple[tf.Tensor, tf.Tensor], draw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         image_path, mask_path = paths
-        image = decode(image_path, image_channels)
+        image = decode(image_path, 3)
+        if image_channels == 1:  # one grey for training and prediction (prep.imageio.luma)
+            weighted = tf.tensordot(tf.cast(image, tf.float32), tf.constant(LUMA_WEIGHTS, tf.float32), [[2], [0]])
+            image = tf.cast(tf.clip_by_value(tf.round(weighted), 0, 255), tf.uint8)[..., None]
         mask = decode(mask_path, mask_channels)
         labels = _mask_to_labels(mask, mask_path, mask_keys, class_of_colour, rgb_map_text)
         image, labels = _check_tile_size(image, labels, image_path, mask_path, image_size, crop_size)
-        images, masks = windows_of_tile(image, labels, draw)
+        images, masks = windows_of_tile(image, labels, draw, windows, image_size, seed, image_channels, num_classes,
+                                        color_order)
         return (images[0], masks[0]) if crops_per_tile == 1 else (images, masks)
-
-    def windows_of_tile(image: tf.Tensor, labels: tf.Tensor, draw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        # One stateless draw per window k: (foreground?, which pixel, window y, window x, flip v, flip h, quarter
-        # turns, gamma, contrast, brightness, zoom[, blur]). The blur draw exists only when blurring, so every other
-        # configuration keeps the windows it always had.
-        draws_per_window = 12 if random_blur > 0 else 11
-        uniforms = tf.stack([
-            tf.random.stateless_uniform([draws_per_window],
-                                        seed=tf.stack([tf.constant((seed or 0) + k, tf.int64), draw]))
-            for k in range(crops_per_tile)
-        ])
-        zoomed = random_scale > 0
-        if crop_size is None:
-            sizes = tf.tile(tf.constant([image_size], tf.int32), [crops_per_tile, 1])
-            corners = tf.zeros_like(sizes)
-        else:
-            sizes = (_zoomed_windows(crop_size, tf.shape(labels), uniforms[:, 10], random_scale) if zoomed
-                     else tf.tile(tf.constant([crop_size], tf.int32), [crops_per_tile, 1]))
-            # Foreground pixels are listed once per tile, not once per window.
-            foreground = tf.where(labels > 0) if foreground_bias > 0 else None
-            corners = _window_corners(tf.shape(labels), sizes, uniforms, foreground_bias, foreground)
-        flip_rows, flip_columns, transpose = _orientations(uniforms, random_flips, random_rotations)
-        windows = [
-            _window(image, labels, corners[k], sizes[k], crop_size if zoomed else None, flip_rows[k],
-                    flip_columns[k], transpose[k] if random_rotations else None)
-            for k in range(crops_per_tile)
-        ]
-        images, labels = tf.stack([w[0] for w in windows]), tf.stack([w[1] for w in windows])
-        # Per-pixel work runs once on the tile's (K, h, w, ·) stack of windows.
-        if color_order == "BGR" and image_channels == 3:
-            images = tf.reverse(images, axis=[-1])
-        height, width = crop_size or image_size
-        images = tf.cast(images, tf.float32) / 255.0
-        if random_blur > 0:
-            images = _gaussian_blur(images, random_blur * uniforms[:, 11], random_blur)
-        if intensity_jitter > 0:
-            images = _jitter_intensity(images, uniforms[:, 7:10], intensity_jitter)
-        images = tf.ensure_shape(images, (crops_per_tile, height, width, image_channels))
-        masks = tf.one_hot(labels, num_classes, dtype=tf.float32)
-        return images, tf.ensure_shape(masks, (crops_per_tile, height, width, num_classes))
 
     files = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
     if shuffle:
@@ -348,116 +302,6 @@ def _check_tile_size(
         return tf.identity(image), tf.identity(labels)
 
 
-def _zoomed_windows(
-    crop_size: tuple[int, int], tile_shape: tf.Tensor, uniforms: tf.Tensor, scale: float
-) -> tf.Tensor:
-    """(K, 2) heights and widths of the tile windows that zoom factors in [1/(1+scale), 1+scale] (log-uniform, one
-    per draw in ``uniforms``) turn into ``crop_size``; never larger than the tile."""
-    log_range = tf.math.log(1.0 + scale)
-    factors = tf.exp((2.0 * uniforms - 1.0) * log_range)
-    windows = tf.cast(tf.round(tf.constant(crop_size, tf.float32)[None] / factors[:, None]), tf.int32)
-    return tf.minimum(tf.maximum(windows, 1), tile_shape[None, :2])
-
-
-def _window_corners(
-    tile_shape: tf.Tensor, sizes: tf.Tensor, uniforms: tf.Tensor, foreground_bias: float,
-    foreground: tf.Tensor | None,
-) -> tf.Tensor:
-    """(K, 2) top-left corners of K windows of ``sizes`` inside the tile. With probability ``foreground_bias`` a
-    window holds a random pixel of ``foreground`` (the tile's tf.where(labels > 0)); a tile without foreground
-    gets uniform windows."""
-    heights, widths = sizes[:, 0], sizes[:, 1]
-    last_y, last_x = tile_shape[0] - heights, tile_shape[1] - widths
-    y, x = _pick(uniforms[:, 2], 0, last_y), _pick(uniforms[:, 3], 0, last_x)
-    if foreground_bias > 0:
-        count = tf.shape(foreground)[0]
-        # A dummy row keeps the gather valid on a tile without foreground; those windows stay uniform.
-        candidates = tf.concat([tf.cast(foreground, tf.int32), tf.zeros([1, 2], tf.int32)], axis=0)
-        pixels = tf.gather(candidates, _pick(uniforms[:, 1], 0, tf.maximum(count - 1, 0)))
-        # Top-left corners whose window covers the pixel and stays inside the tile.
-        around_y = _pick(uniforms[:, 2], tf.maximum(0, pixels[:, 0] - heights + 1), tf.minimum(pixels[:, 0], last_y))
-        around_x = _pick(uniforms[:, 3], tf.maximum(0, pixels[:, 1] - widths + 1), tf.minimum(pixels[:, 1], last_x))
-        around = (uniforms[:, 0] < foreground_bias) & (count > 0)
-        y, x = tf.where(around, around_y, y), tf.where(around, around_x, x)
-    return tf.stack([y, x], axis=1)
-
-
-def _orientations(uniforms: tf.Tensor, flips: bool, quarter_turns: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Per window: flip vertically and horizontally (draws 4, 5), then turn by a random multiple of 90° (draw 6),
-    written as (flip the window's rows?, flip its columns?, then transpose?) so that one reverse along the drawn
-    axes and one transpose apply any of the eight: a quarter turn is a flip and a transpose (tf.image.rot90: k = 1
-    flips the columns, k = 3 the rows, before transposing; k = 2 flips both)."""
-    count = tf.shape(uniforms)[0]
-    no = tf.zeros([count], tf.bool)
-    flip_v, flip_h = (uniforms[:, 4] < 0.5, uniforms[:, 5] < 0.5) if flips else (no, no)
-    if not quarter_turns:
-        return flip_v, flip_h, no
-    turns = tf.minimum(tf.cast(uniforms[:, 6] * 4, tf.int32), 3)
-    return flip_v != (turns >= 2), flip_h != ((turns == 1) | (turns == 2)), turns % 2 == 1
-
-
-def _window(
-    image: tf.Tensor, labels: tf.Tensor, corner: tf.Tensor, size: tf.Tensor, resize_to: tuple[int, int] | None,
-    flip_rows: tf.Tensor, flip_columns: tf.Tensor, transpose: tf.Tensor | None,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """One window of image and labels: cut at ``corner``, resized to ``resize_to`` if given (bilinear image, as
-    float 0..255; nearest labels), then flipped and transposed as drawn: one reverse (along the drawn axes, maybe
-    none) and one transpose (by a drawn permutation), instead of computing both outcomes and picking one."""
-    image = tf.slice(image, tf.concat([corner, [0]], 0), tf.concat([size, [-1]], 0))
-    labels = tf.slice(labels, corner, size)
-    if resize_to is not None:
-        image = tf.image.resize(image, resize_to, method="bilinear", antialias=True)
-        labels = tf.image.resize(labels[..., None], resize_to, method="nearest")[..., 0]
-    axes = tf.boolean_mask(tf.constant([0, 1]), tf.stack([flip_rows, flip_columns]))
-    image, labels = tf.reverse(image, axes), tf.reverse(labels, axes)
-    if transpose is not None:
-        order = tf.where(transpose, tf.constant([1, 0]), tf.constant([0, 1]))
-        image, labels = tf.transpose(image, tf.concat([order, [2]], 0)), tf.transpose(labels, order)
-    return image, labels
-
-
-def _jitter_intensity(images: tf.Tensor, uniforms: tf.Tensor, jitter: float) -> tf.Tensor:
-    """Per window of (K, h, w, C) images in 0..1: gamma, then contrast about the window's mean, then brightness
-    (three draws per window in ``uniforms``, (K, 3)); clipped to 0..1."""
-    signed = tf.reshape(2.0 * uniforms - 1.0, [-1, 1, 1, 1, 3])  # draws in [-1, 1)
-    images = tf.pow(tf.maximum(images, 1e-6), tf.exp(jitter * signed[..., 0]))
-    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-    images = (images - mean) * (1.0 + jitter * signed[..., 1]) + mean + 0.25 * jitter * signed[..., 2]
-    return tf.clip_by_value(images, 0.0, 1.0)
-
-
-def _blur_radius(max_sigma: float) -> int:
-    """Half-width of the Gaussian kernel: 3 standard deviations (reflect padding needs windows wider than it)."""
-    return max(1, math.ceil(3 * max_sigma))
-
-
-def _gaussian_blur(images: tf.Tensor, sigmas: tf.Tensor, max_sigma: float) -> tf.Tensor:
-    """Each of (K, h, w, C) images blurred by a Gaussian of its own standard deviation ``sigmas[k]`` (pixels; 0
-    leaves it unchanged), borders reflected. The K·C planes become the channels of one depthwise convolution, so
-    K different kernels cost one separable pass."""
-    radius = _blur_radius(max_sigma)
-    shape = tf.shape(images)
-    count, channels = shape[0], shape[3]
-    planes = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, shape[1], shape[2], count * channels])
-    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
-    # sigma -> 0 gives exp(-inf) = 0 off centre: the identity kernel, no special case.
-    weights = tf.exp(-0.5 * tf.square(offsets[None, :] / tf.maximum(sigmas[:, None], 1e-3)))
-    weights = weights / tf.reduce_sum(weights, axis=1, keepdims=True)  # (K, 2r+1)
-    weights = tf.reshape(tf.repeat(weights, channels, axis=0), [count * channels, 2 * radius + 1])
-    kernel = tf.transpose(weights)[:, None, :, None]  # (2r+1, 1, K·C, 1): down the rows
-    planes = tf.pad(planes, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    planes = tf.nn.depthwise_conv2d(planes, kernel, [1, 1, 1, 1], "VALID")
-    planes = tf.nn.depthwise_conv2d(planes, tf.transpose(kernel, [1, 0, 2, 3]), [1, 1, 1, 1], "VALID")
-    return tf.transpose(tf.reshape(planes, [shape[1], shape[2], count, channels]), [2, 0, 1, 3])
-
-
-def _pick(uniform: tf.Tensor, low: tf.Tensor | int, high: tf.Tensor | int) -> tf.Tensor:
-    """An integer in [low, high] from a uniform draw in [0, 1)."""
-    low, high = tf.cast(low, tf.int32), tf.cast(high, tf.int32)
-    offset = tf.cast(tf.floor(uniform * tf.cast(high - low + 1, tf.float32)), tf.int32)
-    return low + tf.minimum(offset, high - low)  # float rounding must never step past ``high``
-
-
 def _hw_text(hw: tf.Tensor) -> tf.Tensor:
     return tf.strings.reduce_join(tf.strings.as_string(hw), separator="×")
 
@@ -530,8 +374,8 @@ def _validate_arguments(
         raise DataError("no image tiles to read")
     if len(image_paths) != len(mask_paths):
         raise DataError(f"{len(image_paths)} images but {len(mask_paths)} masks")
-    if num_classes < 1:
-        raise DataError(f"[model] num_classes: {num_classes} must be at least 1")
+    if num_classes < 2:  # the one range of the key, as train.config's schema has it
+        raise DataError(f"[model] num_classes: {num_classes} must be at least 2 (background and nucleus)")
     if image_channels not in (1, 3):
         raise DataError(f"[model] image_channels: {image_channels} must be 1 or 3")
     if batch_size < 1:
@@ -551,3 +395,56 @@ def _format_rgb_map(rgb_map: RgbMap) -> str:
 
 def _hw(size: Sequence[int]) -> str:
     return f"{size[0]}×{size[1]}"
+
+
+# ---------------------------------------------------------------------------------------------- config → datasets
+
+def pairs(config: Config, section: str):
+    part = getattr(config, section)
+    return list_pairs(part.images_dir, part.masks_dir, config.mask.mask_file_format, section=section)
+
+
+def tile_dataset_options(config: Config) -> dict:
+    """How the config turns tiles into model inputs: the make_dataset arguments every split shares."""
+    return {"rgb_map": config.mask.rgb_map, "num_classes": config.model.num_classes,
+            "image_size": config.image_size, "image_channels": config.model.image_channels,
+            "color_order": config.image.color_order}
+
+
+def training_dataset_options(config: Config) -> dict:
+    """The make_dataset arguments of the training split: shared ones, plus crops, sampling and augmentation."""
+    t = config.train
+    return {**tile_dataset_options(config), "batch_size": t.batch_size, "shuffle": True, "seed": t.seed,
+            "crop_size": t.crop_size, "random_flips": t.random_flips, "foreground_bias": t.foreground_bias,
+            "random_rotations": t.random_rotations, "intensity_jitter": t.intensity_jitter,
+            "random_scale": t.random_scale, "random_blur": t.random_blur,
+            "crops_per_tile": t.crops_per_tile, "repeat": t.steps_per_epoch is not None}
+
+
+def datasets(config: Config, with_validation: bool = True):
+    """(train dataset, valid dataset or None, train pairs, valid pairs)."""
+    t = config.train
+    common = tile_dataset_options(config)
+    train_images, train_masks = pairs(config, "train")
+    check_masks(train_masks, config.mask.rgb_map)
+    check_sizes(train_images, train_masks, config.image_size, crop_size=t.crop_size)
+    train_ds = make_dataset(train_images, train_masks, **training_dataset_options(config))
+    valid_ds, valid_pairs = None, ([], [])
+    if with_validation:
+        valid_pairs = pairs(config, "valid")
+        check_masks(valid_pairs[1], config.mask.rgb_map)
+        check_sizes(*valid_pairs, config.image_size)
+        valid_ds = make_dataset(*valid_pairs, batch_size=t.batch_size, shuffle=False, seed=t.seed,
+                                repeat=t.validation_steps is not None, **common)
+    return train_ds, valid_ds, (train_images, train_masks), valid_pairs
+
+
+def montage_tiles(config: Config, image_paths: Sequence[str], mask_paths: Sequence[str]):
+    """(inputs, class maps, RGB uint8 pictures) of a few tiles, read once through the training pipeline: what
+    the epoch montage predicts and shows."""
+    batch = make_dataset(image_paths, mask_paths, batch_size=len(image_paths), shuffle=False,
+                         **tile_dataset_options(config))
+    inputs, truths = (tensor.numpy() for tensor in next(iter(batch)))
+    bgr = config.image.color_order == "BGR" and inputs.shape[-1] == 3
+    display = np.rint((inputs[..., ::-1] if bgr else inputs) * 255).astype(np.uint8)
+    return inputs, np.argmax(truths, axis=-1), display

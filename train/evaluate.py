@@ -9,40 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from train.config import Config
-from train.fit import TrainError, _pairs, build_model, compile_model, run_paths, tile_dataset_options
+from train.data import pairs, tile_dataset_options
+from train.model import load_trained
+from train.runs import TrainError
 
+EVALUATION_HEADER = ("metric", "value")  # then the reference's two rows (loss, dice_coef_multiclass), then ours
 SCORE_COLUMNS = ("nucleus_dice", "nucleus_iou", "object_precision", "object_recall", "object_f1", "object_dice",
                  "good_dice", "fnro", "tpp", "fpp", "outline_dice", "n_truth", "n_pred", "n_correct", "n_extra",
                  "n_missed", "tp", "fp", "fn", "fp_extra", "fn_missed")
-
-
-def load_trained(config: Config, image_size: tuple[int | None, int | None] | None = None):
-    """The best model of a run, rebuilt from the config at ``image_size`` (default: the tile size)."""
-    import keras
-
-    paths = run_paths(config)
-    model = build_model(config, image_size)
-    if paths.best.exists():
-        source = paths.best
-        try:
-            model.load_weights(str(source))
-        except (ValueError, KeyError, OSError) as err:
-            raise TrainError(f"{source}: these weights do not fit the model of {config.path} "
-                             f"({str(err).splitlines()[0][:200]})") from None
-    elif paths.best_model.exists():
-        from train.metrics import custom_objects
-
-        source = paths.best_model
-        saved = keras.models.load_model(str(source), custom_objects=custom_objects(), compile=False)
-        try:
-            model.set_weights(saved.get_weights())
-        except ValueError as err:
-            raise TrainError(f"{source}: this model does not fit {config.path} ({err})") from None
-    else:
-        raise TrainError(f"{paths.model_dir}: no trained model ({paths.best.name} or {paths.best_model.name}); "
-                         f"run 'train fit --config {config.path}' first")
-    compile_model(model, config)
-    return model
 
 
 def _foreground(one_hot_or_probabilities: np.ndarray) -> np.ndarray:
@@ -52,13 +26,13 @@ def _foreground(one_hot_or_probabilities: np.ndarray) -> np.ndarray:
 def evaluate(config: Config, overwrite: bool = False, verbose: int | str = "auto") -> dict:
     """Write evaluation.csv and evaluation_per_image.csv in the config's folder; return the pooled scores."""
     from train.data import check_masks, check_sizes, make_dataset
-    from train.metrics import pool_scores, score_masks
+    from train.scores import pool_scores, score_masks
 
     target = config.folder / "evaluation.csv"
     per_image_target = config.folder / "evaluation_per_image.csv"
     if not overwrite and target.exists():
         raise TrainError(f"{target} exists (use --overwrite to replace it)")
-    images, masks = _pairs(config, "test")
+    images, masks = pairs(config, "test")
     check_masks(masks, config.mask.rgb_map)
     check_sizes(images, masks, config.image_size)
     model = load_trained(config)
@@ -83,6 +57,7 @@ def evaluate(config: Config, overwrite: bool = False, verbose: int | str = "auto
     temporary = target.with_suffix(".csv.tmp")
     with temporary.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(EVALUATION_HEADER)
         for name, value in rows:
             writer.writerow([name, f"{value:.6g}" if isinstance(value, float) else value])
     temporary.replace(target)

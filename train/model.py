@@ -25,57 +25,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-MIN_KERNEL = 3
-MIN_DILATION = 1
-
-
-def max_num_layers(image_height: int, image_width: int) -> int:
-    """The deepest num_layers this image size allows: every one of the num_layers-1 poolings halves an even size."""
-    poolings = 0
-    height, width = image_height, image_width
-    while height % 2 == 0 and width % 2 == 0 and height >= 2 and width >= 2:
-        height, width = height // 2, width // 2
-        poolings += 1
-    return poolings + 1
-
-
-def check_architecture(
-    image_height: int,
-    image_width: int,
-    num_layers: int,
-    base_kernels: tuple[int, int],
-    dilation: tuple[int, int],
-    downsample: int = 1,
-) -> None:
-    """Raise ValueError, naming the config key, for a FlexUNet that cannot be built for this image size."""
-    if image_height < 1 or image_width < 1:
-        raise ValueError(
-            f"[model] image_height/image_width = {image_height}×{image_width}: the image size must be positive"
-        )
-    kernels = tuple(base_kernels)
-    if len(kernels) != 2 or any(k < 1 for k in kernels):
-        raise ValueError(f"[model] base_kernels = {kernels}: expected two positive odd kernel sizes, e.g. (9, 9)")
-    if any(k % 2 == 0 for k in kernels):
-        # An even 'same' kernel shifts features by half a pixel per layer; the reference requires odd sizes too.
-        raise ValueError(f"[model] base_kernels = {kernels}: kernel sizes must be odd, e.g. (9, 9)")
-    rates = tuple(dilation)
-    if len(rates) != 2 or any(d < 1 for d in rates):
-        raise ValueError(f"[model] dilation = {rates}: expected two dilation rates ≥ 1, e.g. (1, 1)")
-    if num_layers < 1:
-        raise ValueError(f"[model] num_layers = {num_layers}: at least 1 level is needed")
-    if downsample < 1:
-        raise ValueError(f"[model] downsample = {downsample}: expected 1 (full resolution) or more")
-    if image_height % downsample or image_width % downsample:
-        raise ValueError(
-            f"[model] downsample = {downsample} does not divide the image size {image_height}×{image_width}"
-        )
-    deepest = max_num_layers(image_height // downsample, image_width // downsample)
-    if num_layers > deepest:
-        raise ValueError(
-            f"[model] num_layers = {num_layers} is too deep for {image_height}×{image_width}: its "
-            f"{num_layers - 1} poolings need height and width divisible by {downsample * 2 ** (num_layers - 1)}; "
-            f"the most this size allows is num_layers = {deepest}"
-        )
+from train.architecture import MIN_DILATION, MIN_KERNEL, check_architecture, max_num_layers  # noqa: F401
+from train.config import Config
 
 
 @keras.saving.register_keras_serializable(package="edf")
@@ -201,3 +152,64 @@ def build_flexunet(
     # float32 here keeps softmax and the loss stable when the rest of the model runs in mixed_float16.
     outputs = layers.Activation(final_activation, dtype="float32", name="head_activation")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+# ---------------------------------------------------------------------------------------------- from a config
+
+def build_model(config: Config, image_size: tuple[int | None, int | None] | None = None):
+    """FlexUNet from the [model] section; ``image_size`` overrides the input size (crops, full tiles)."""
+    m = config.model  # its rules were checked when it was loaded (train.config.check_rules)
+    height, width = image_size or config.image_size
+    # As the reference: more than one class means softmax over classes, whatever final_activation says.
+    final = "softmax" if m.num_classes > 1 else m.final_activation
+    return build_flexunet(height, width, m.image_channels, m.num_classes, base_filters=m.base_filters,
+                          base_kernels=m.base_kernels, num_layers=m.num_layers, dropout_rate=m.dropout_rate,
+                          dilation=m.dilation, normalization=m.normalization, activation=m.activation,
+                          final_activation=final, downsample=m.downsample,
+                          local_contrast=m.local_contrast)
+
+
+def compile_model(model, config: Config) -> None:
+    import keras
+
+    from train.losses import LOSSES, METRICS
+
+    m = config.model
+    options = {"learning_rate": m.learning_rate}
+    if m.clipvalue is not None:
+        options["clipvalue"] = m.clipvalue
+    optimizer = (keras.optimizers.AdamW if m.optimizer == "AdamW" else keras.optimizers.Adam)(**options)
+    # The reference's metric first (comparability), then the ones that mean something with 1–3 % nuclei.
+    names = list(dict.fromkeys([*m.metrics, "nucleus_dice", "nucleus_iou"]))
+    model.compile(optimizer=optimizer, loss=LOSSES[m.loss], metrics=[METRICS[n] for n in names])
+
+
+def load_trained(config: Config, image_size: tuple[int | None, int | None] | None = None):
+    """The best model of a run, rebuilt from the config at ``image_size`` (default: the tile size)."""
+    from train.runs import TrainError, run_paths
+
+    paths = run_paths(config)
+    model = build_model(config, image_size)
+    if paths.best.exists():
+        source = paths.best
+        try:
+            model.load_weights(str(source))
+        except (ValueError, KeyError, OSError) as err:
+            raise TrainError(f"{source}: these weights do not fit the model of {config.path} "
+                             f"({str(err).splitlines()[0][:200]})") from None
+    elif paths.best_model.exists():
+        from train.losses import custom_objects
+
+        source = paths.best_model
+        saved = keras.models.load_model(str(source), custom_objects=custom_objects(), compile=False)
+        try:
+            model.set_weights(saved.get_weights())
+        except ValueError as err:
+            raise TrainError(f"{source}: this model does not fit {config.path} ({err})") from None
+    else:
+        raise TrainError(f"{paths.model_dir}: no trained model ({paths.best.name} or {paths.best_model.name}) "
+                         f"where {config.path.name}'s [train] model_dir points; run 'train fit --config "
+                         f"{config.path}' first, or, for a model trained with --set overrides of its folders, "
+                         "give its folder: infer --model MODEL_DIR (it holds model.json and the config it used)")
+    compile_model(model, config)
+    return model

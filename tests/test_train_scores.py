@@ -1,4 +1,4 @@
-"""train.metrics: hand-computed values for every score, the inflation of the pooled metric, empty cases, speed."""
+"""train.scores and train.losses: hand-computed values for every score, the pooled metric's inflation, empty cases."""
 
 from __future__ import annotations
 
@@ -13,23 +13,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from train.metrics import (
+from train.losses import (
     LOSSES,
     METRICS,
-    SCORE_KEYS,
     custom_objects,
     dice_ce_loss,
     dice_coef_multiclass,
-    dice_from_counts,
     dice_hard_ce_loss,
-    iou_from_counts,
     nucleus_dice,
     nucleus_iou,
+    tversky_ce_loss,
+)
+from train.scores import (
+    SCORE_KEYS,
+    dice_from_counts,
+    iou_from_counts,
     object_scores,
     pixel_counts,
     pool_scores,
     score_masks,
-    tversky_ce_loss,
 )
 
 # truth       pred
@@ -193,10 +195,15 @@ def test_dice_hard_ce_averages_the_worst_tenth_of_the_pixels():
     assert LOSSES["dice_hard_ce"] is dice_hard_ce_loss
 
 
-def test_every_loss_the_config_accepts_has_a_function():
-    from train.config import LOSS_NAMES
+def test_every_loss_metric_and_activation_the_config_accepts_exists():
+    import keras
 
-    assert tuple(LOSSES) == LOSS_NAMES
+    from train.config import ACTIVATION_NAMES, LOSS_NAMES, METRIC_NAMES
+    from train.losses import METRICS
+
+    assert tuple(LOSSES) == LOSS_NAMES and tuple(METRICS) == METRIC_NAMES
+    for name in ACTIVATION_NAMES:  # the config checks names without Keras; each must be one Keras resolves
+        assert callable(keras.activations.get(name)), name
 
 
 def test_tversky_ce_is_dice_ce_with_equal_weights_and_charges_misses_more():
@@ -451,6 +458,6 @@ def test_object_scores_on_a_full_size_image():
 
 
 def test_numpy_scoring_does_not_import_keras_or_prep():
-    code = "import sys, train.metrics; print(sorted({'keras', 'tensorflow', 'prep'} & set(sys.modules)))"
+    code = "import sys, train.scores; print(sorted({'keras', 'tensorflow', 'prep'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
