@@ -164,6 +164,8 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
 
     t = config.train
     configure_devices(t.strategy)
+    # Before any TensorFlow op: MultiWorkerMirroredStrategy configures collective ops at program startup.
+    strategy = make_strategy(t.strategy)
     keras.utils.set_random_seed(t.seed)
     keras.mixed_precision.set_global_policy(precision_policy(t.mixed_precision))
     try:
@@ -173,7 +175,6 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
         init_weights = init_weights_of(config)  # refused before anything is touched when it cannot fit
         check_writable(paths, config)
         train_ds, valid_ds, train_pairs, valid_pairs = datasets(config)
-        strategy = make_strategy(t.strategy)
         with strategy.scope():
             # Size-agnostic: it trains on crops and validates on whole tiles.
             model = build_model(config, (None, None))
