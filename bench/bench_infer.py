@@ -121,16 +121,15 @@ def field_timings(root: Path) -> dict:
         params = infer_cli.make_context("infer", ["--config", str(config_path), *flags.split()]).params
         return options_from(config, **params)
 
-    variants = {name: f"{flags} {POST_FLAGS}" for name, flags in FIELD_VARIANTS.items()}
+    variants = {name: options_of(f"{flags} {POST_FLAGS}") for name, flags in FIELD_VARIANTS.items()}
     shipped_options = options_of(DEFAULT_INFER_FLAGS)
-    shipped = next((name for name, flags in variants.items() if options_of(flags) == shipped_options), None)
+    shipped = next((name for name, options in variants.items() if options == shipped_options), None)
     if shipped is None:
-        variants["shipped"] = DEFAULT_INFER_FLAGS
+        variants["shipped"] = shipped_options
         shipped = "shipped"
     models, runs = {}, {}
     path = Path("EDF1024.png")
-    for name, flags in variants.items():
-        options = options_of(flags)
+    for name, options in variants.items():
         whole = options.mode == "whole"
         if whole not in models:
             models[whole] = load_trained(config, (None, None) if whole else None)

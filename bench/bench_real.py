@@ -127,14 +127,13 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
 
 
 def excludes_border(flags: list[str]) -> bool:
-    """Whether infer, given ``flags``, drops nuclei on the field's edge: said outright, or by its --preset."""
-    from infer.cli import PRESETS
+    """Whether infer, given ``flags``, drops nuclei on the field's edge: said outright, or by its --preset (parsed
+    by infer's own command line, so its rules decide)."""
+    from infer.cli import cli as infer_cli
+    from infer.cli import preset_value
 
-    explicit = [flag for flag in flags if flag in ("--exclude-border", "--keep-border")]
-    if explicit:  # the last one wins, as in click
-        return explicit[-1] == "--exclude-border"
-    preset = flags[flags.index("--preset") + 1] if "--preset" in flags[:-1] else "recommended"
-    return bool(PRESETS.get(preset, {}).get("exclude_border"))
+    params = infer_cli.make_context("infer", list(flags)).params
+    return bool(preset_value(params["preset"], "exclude_border", params["exclude_border"]))
 
 
 def mix_training_tiles(splits: list[Path], mixed: Path) -> int:

@@ -28,6 +28,11 @@ PRESETS = {
 PRESET_KEYS = tuple(PRESETS["recommended"])
 
 
+def preset_value(preset: str, key: str, given):
+    """A setting as infer uses it: the flag's value when given, else the preset's."""
+    return PRESETS[preset][key] if given is None else given
+
+
 def preset_text(name: str) -> str:
     """A preset as the flags it stands for."""
     values = PRESETS[name]
@@ -180,7 +185,7 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
             truth_of = lambda image: find_truth(gt_dir, image)  # noqa: E731
         field_edges = {}
         if field_edges_path is not None:
-            if not (PRESETS[preset]["exclude_border"] if exclude_border is None else exclude_border):
+            if not preset_value(preset, "exclude_border", exclude_border):
                 raise InferError("--field-edges only says where --exclude-border applies: give both")
             field_edges = read_field_edges(field_edges_path)
             unknown = sorted(set(field_edges) - {image.name for image in inputs})
@@ -243,7 +248,7 @@ def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | No
 
     given = {"mode": mode, "tta": tta, "tta_mode": tta_mode, "min_area": min_area, "fill_holes": fill_holes,
              "exclude_border": exclude_border}
-    chosen = {key: PRESETS[preset][key] if value is None else value for key, value in given.items()}
+    chosen = {key: preset_value(preset, key, value) for key, value in given.items()}
     m = config.model
     return InferOptions(multiple=m.downsample * 2 ** (m.num_layers - 1), overlap=overlap,
                         tta=int(chosen["tta_mode"]) if chosen["tta"] else 0, batch_size=batch_size,

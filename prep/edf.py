@@ -50,13 +50,17 @@ class SourceRef:
     nucleus_fraction: float | None = None
 
 
-@functools.lru_cache(maxsize=256)
-def sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (prep's sources, a model's weights)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# A source is hashed once per run (discovery, then prep.json); weights change between runs and use file_sha256.
+sha256 = functools.lru_cache(maxsize=256)(file_sha256)
 
 
 def png_size(path: Path) -> tuple[int, int]:

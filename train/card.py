@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+from prep.edf import file_sha256
 from train.config import Config, ConfigError, load_config
 
 CARD_NAME = "model.json"
@@ -23,14 +24,6 @@ ARCHITECTURE_KEYS = ("image_height", "image_width", "image_channels", "num_class
                      "num_layers", "dropout_rate", "dilation", "normalization", "activation", "downsample",
                      "local_contrast")
 VERSIONED = ("edf-nucleus-seg", "tensorflow", "keras", "numpy", "opencv-python-headless")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tile_list_sha256(paths: Sequence[str | Path]) -> str:
