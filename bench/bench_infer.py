@@ -97,7 +97,11 @@ FIELD_VARIANTS = {
     "tiles_overlap0_tta0": "--mode full --no-tta --overlap 0",
     "whole_tta8": "--mode whole --tta --tta-mode 8",
     "whole_tta4": "--mode whole --tta --tta-mode 4",
+    "whole_tta2": "--mode whole --tta --tta-mode 2",
     "whole_tta0": "--mode whole --no-tta",
+    "whole_tta4_bf16": "--mode whole --tta --tta-mode 4 --precision bfloat16",
+    "whole_tta2_bf16": "--mode whole --tta --tta-mode 2 --precision bfloat16",
+    "whole_tta4_xla": "--mode whole --tta --tta-mode 4 --xla",
 }
 POST_FLAGS = "--min-area 30 --fill-holes --exclude-border"  # bench-real's clean-up, the same in every variant
 
@@ -130,10 +134,11 @@ def field_timings(root: Path) -> dict:
     models, runs = {}, {}
     path = Path("EDF1024.png")
     for name, options in variants.items():
-        whole = options.mode == "whole"
-        if whole not in models:
-            models[whole] = load_trained(config, (None, None) if whole else None)
-        runs[name] = functools.partial(predict_image, path, rgb, None, config, make_predictor(models[whole]),
+        key = (options.mode == "whole", options.precision, options.xla)  # one model per way of computing
+        if key not in models:
+            models[key] = load_trained(config, (None, None) if key[0] else None, precision=options.precision,
+                                       jit_compile=options.xla)
+        runs[name] = functools.partial(predict_image, path, rgb, None, config, make_predictor(models[key]),
                                        options)
         runs[name]()  # trace this input size once
     rounds: dict[str, list[float]] = {name: [] for name in runs}

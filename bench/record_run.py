@@ -3,7 +3,8 @@
     python bench/record_run.py --summary OUT/summary.json --variant "default" --code 1a2b3c4 [--date 2026-12-01]
 
 The row holds each field's nucleus Dice, the run's means (nucleus Dice over folds, object F1, FNRo), the worst
-field, the extra and missed nuclei, the longest fold's training seconds and the median infer seconds per field;
+field, the extra and missed nuclei, the longest fold's training seconds and the median infer seconds per field.
+One bench-real run over whole test fields (the synthetic-only model's) goes on record the same way.
 `loso_runs.py --runs bench/results/fields_runs.csv` sums the rows up per variant. A run is never recorded twice.
 """
 
@@ -25,13 +26,17 @@ MEANS = ("nucleus_dice", "f1", "fnro", "field_dice_min", "n_extra", "n_missed", 
 
 
 def record_row(summary: dict, variant: str, code: str, date: str) -> dict:
-    """The record's row for a bench_folds summary of whole fields (its ``images`` are the fields)."""
-    images = summary.get("images")
+    """The record's row for a bench_folds summary of whole fields (its ``images`` are the fields), or for one
+    bench_real run whose test images are whole fields (``per_image``: e.g. the synthetic-only model, which saw no
+    real field and so is scored on all of them at once)."""
+    images = summary.get("images") or summary.get("per_image")
     if not images:
-        raise ValueError("the summary has no per-field scores ('images'): is it a whole-field bench-folds run?")
+        raise ValueError("the summary has no per-field scores ('images' or 'per_image'): is it a whole-field run?")
     fields = {Path(name).stem: scores["nucleus_dice"] for name, scores in sorted(images.items())}
+    single = {"field_dice_min": min(fields.values()), "train_seconds_max": summary.get("train_seconds")}
+    means = {key: summary.get(key, single.get(key)) for key in MEANS}
     return {"date": date, "code": code, "variant": variant, **fields,
-            **{key: summary[key] for key in MEANS if key in summary}}
+            **{key: value for key, value in means.items() if value is not None}}
 
 
 def append(row: dict, summary: dict, record: Path = RECORD) -> Path:

@@ -31,7 +31,7 @@ class InferError(ValueError):
 @dataclass(frozen=True)
 class InferOptions:
     overlap: float = 0.25
-    tta: int = 0  # 0, 4 (flips) or 8 (dihedral)
+    tta: int = 0  # 0, 2 (mirror), 4 (flips) or 8 (dihedral)
     batch_size: int = 4
     save_prob: bool = False
     mode: str = "full"  # full: stitched tiles | whole: one pass when ≤ whole_max_pixels | tiles: see infer --mode
@@ -48,6 +48,8 @@ class InferOptions:
     labels: bool = True  # labels/<stem>.png, 16-bit instance ids
     geojson: bool = True  # geojson/<stem>.geojson, one polygon per nucleus (QuPath)
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images (by their header) are skipped, not decoded
+    precision: str = "float32"  # the network's compute: float32 | bfloat16 (train.model.PRECISIONS)
+    xla: bool = False  # compile the prediction with XLA
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 PredictBatch = Callable[[np.ndarray], np.ndarray]
 
 WEIGHTINGS = ("gaussian", "constant")
-TTA_MODES = (0, 4, 8)
+TTA_MODES = (0, 2, 4, 8)
 
 # Floor for the 1-D weight profile (so ≥ 1e-8 in the 2-D map): every pixel keeps a positive weight far above
 # float32 denormals, so Σ p·w / Σ w stays accurate where only a tile's corner covers a pixel. The default σ
@@ -94,13 +94,14 @@ def count_tiles(height: int, width: int, tile: int, overlap: float) -> int:
 
 
 def _dihedral(mode: int) -> list[tuple[int, bool]]:
-    """(quarter turns, mirror) pairs: mode 4 = identity, h-flip, v-flip (= ½ turn of the h-flip), both."""
-    turns = (0, 2) if mode == 4 else (0, 1, 2, 3)
+    """(quarter turns, mirror) pairs: mode 2 = identity and h-flip; 4 = identity, h-flip, v-flip (= ½ turn of the
+    h-flip), both; 8 = every flip and quarter turn."""
+    turns = {2: (0,), 4: (0, 2)}.get(mode, (0, 1, 2, 3))
     return [(k, mirror) for k in turns for mirror in (False, True)]
 
 
 def flip_tta(batch: np.ndarray, predict_batch: PredictBatch, mode: int) -> np.ndarray:
-    """Predictions averaged over flips of the tiles, each mapped back: mode 0 plain, 4 flips, 8 dihedral.
+    """Predictions averaged over flips of the tiles, each mapped back: mode 0 plain, 2 mirror, 4 flips, 8 dihedral.
 
     ``batch`` is (B, t, t, C); ``predict_batch`` is called once per transform with a contiguous (B, t, t, C).
     """

@@ -301,6 +301,30 @@ def test_whole_mode_predicts_each_image_in_one_pass(project: Path, tmp_path: Pat
     assert json.loads((out / "infer.json").read_text())["options"]["mode"] == "whole"
 
 
+def test_bfloat16_and_xla_predict_what_float32_does(project: Path, tmp_path: Path):
+    """The faster computes give the same probabilities up to rounding, say so in infer.json, and leave Keras'
+    global policy as it was (train and evaluate in the same process must not inherit it)."""
+    import keras
+
+    probabilities = {}
+    for name, flags in {"float32": [], "bfloat16": ["--precision", "bfloat16"], "xla": ["--xla"]}.items():
+        out = tmp_path / name
+        result = invoke("--config", project, "--input", project.parent / "images" / "EDF300x300.png", "--output",
+                        out, "--mode", "whole", "--no-geojson", "--no-labels", "--no-progress", "--save-prob", *flags)
+        assert result.exit_code == 0, result.output
+        options = json.loads((out / "infer.json").read_text())["options"]
+        assert (options["precision"], options["xla"]) == ("bfloat16" if name == "bfloat16" else "float32",
+                                                          name == "xla")
+        probabilities[name] = np.concatenate([np.load(path).ravel()
+                                              for path in sorted((out / "probabilities").glob("*.npy"))])
+        assert keras.mixed_precision.global_policy().name == "float32"
+        compute = json.loads((out / "infer.json").read_text())["compute"]
+        assert compute == ("mixed_bfloat16" if name == "bfloat16" else "float32")
+    assert np.abs(probabilities["xla"] - probabilities["float32"]).max() < 1e-3
+    difference = np.abs(probabilities["bfloat16"] - probabilities["float32"])
+    assert 0 < difference.max() < 0.05  # bfloat16 keeps 8 bits of mantissa: close, never identical
+
+
 def test_defaults_are_the_documented_recommended_preset(project: Path, tmp_path: Path):
     from infer.cli import PRESETS, preset_text
 

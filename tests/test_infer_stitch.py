@@ -215,6 +215,8 @@ def test_flip_tta_maps_every_prediction_back_before_averaging():
     expected4 = np.mean([lopsided(batch), lopsided(batch[:, :, ::-1])[:, :, ::-1], lopsided(batch[:, ::-1])[:, ::-1],
                          lopsided(batch[:, ::-1, ::-1])[:, ::-1, ::-1]], axis=0)
     np.testing.assert_allclose(flip_tta(batch, lopsided, 4), expected4, atol=1e-6)
+    expected2 = np.mean([lopsided(batch), lopsided(batch[:, :, ::-1])[:, :, ::-1]], axis=0)
+    np.testing.assert_allclose(flip_tta(batch, lopsided, 2), expected2, atol=1e-6)
     transposed = batch.transpose(0, 2, 1, 3)
     expected8 = (expected4 + flip_tta(transposed, lopsided, 4).transpose(0, 2, 1, 3)) / 2
     np.testing.assert_allclose(flip_tta(batch, lopsided, 8), expected8, atol=1e-6)
@@ -291,7 +293,7 @@ def test_tiles_keep_the_image_dtype():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"weighting": "hann"}, "weighting"), ({"tta": 2}, "tta"), ({"batch_size": 0}, "batch_size"),
+    ({"weighting": "hann"}, "weighting"), ({"tta": 3}, "tta"), ({"batch_size": 0}, "batch_size"),
 ])
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -308,7 +310,7 @@ def test_assemble_tiles_refuses_a_partial_grid():
         assemble_tiles(np.zeros((2, 4, 4, 1)), 8, 6, 4)
 
 
-@pytest.mark.parametrize("tta", [0, 4, 8])
+@pytest.mark.parametrize("tta", [0, 2, 4, 8])
 def test_whole_pass_equals_the_stitched_result_for_a_pointwise_network(tta: int):
     rng = np.random.default_rng(3)
     image = rng.uniform(0, 1, (90, 130, 1)).astype(np.float32)  # neither a multiple of 16 nor square

@@ -122,3 +122,13 @@ def test_a_whole_field_run_goes_on_record_once_and_sums_up(tmp_path: Path):
         append(record_row(second, "default", "abc1235", "2026-12-02"), second, record)
     with pytest.raises(ValueError, match="no per-field scores"):
         record_row({"nucleus_dice": 0.9}, "default", "x", "2026-12-01")
+
+
+def test_one_bench_real_run_over_whole_fields_goes_on_record_too():
+    from record_run import record_row
+
+    single = {"per_image": {"EDF000.png": {"nucleus_dice": 0.59}, "EDF004.png": {"nucleus_dice": 0.86}},
+              "nucleus_dice": 0.725, "f1": 0.8, "fnro": 0.1, "n_extra": 5, "n_missed": 2, "train_seconds": 850.8,
+              "infer_seconds_per_image": 1.27}
+    row = record_row(single, "synthetic fields only", "abc1234", "2026-12-01")
+    assert (row["EDF000"], row["EDF004"], row["field_dice_min"], row["train_seconds_max"]) == (0.59, 0.86, 0.59, 850.8)

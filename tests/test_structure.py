@@ -83,6 +83,32 @@ def test_the_layers_point_one_way():
             assert not {t for t in targets if t.startswith("infer")}, (name, targets)
 
 
+# What the consumers of a trained model may see of the train wing (docs/design.md §1): infer only the config, the
+# model's face and the numpy scores; evaluate those plus the data face, whose adapter feeds it the test tiles through
+# the pipeline that validated the run.
+TRAIN_FACES = {"infer": {"train.config", "train.model", "train.scores"},
+               "train.evaluate": {"train.config", "train.model", "train.scores", "train.data"}}
+
+
+def train_modules_used(path: Path) -> set[str]:
+    """The train modules ``path`` imports (``from train.x import y`` and ``import train.x`` alike)."""
+    return {name for name in imports_of(path, set(modules())) if name.startswith("train.")}
+
+
+def test_evaluate_and_infer_see_only_the_train_wings_faces():
+    for name, path in modules().items():
+        consumer = "infer" if name.startswith("infer.") else name
+        if consumer in TRAIN_FACES:
+            used = train_modules_used(path)
+            assert used <= TRAIN_FACES[consumer], (name, sorted(used - TRAIN_FACES[consumer]))
+
+
+def test_the_face_check_sees_a_lazy_private_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import os\n\n\ndef f():\n    from train.runs import run_paths\n")
+    assert train_modules_used(module) == {"train.runs"}
+
+
 def test_every_option_of_every_command_says_what_it_does():
     import click
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from train.model import LocalContrast, build_flexunet, check_architecture, max_num_layers
+from train.flexunet import LocalContrast, build_flexunet, check_architecture, max_num_layers
 
 REFERENCE_PARAMS = 124_996_866  # TensorFlowFlexUNet with the reference train_eval_infer.config
 
@@ -246,3 +246,17 @@ def test_local_contrast_model_survives_a_whole_model_save_and_load(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     assert loaded.get_layer("local_contrast").window == 15
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+
+
+def test_auto_precision_is_bfloat16_only_on_a_cpu_that_computes_it_natively():
+    from train.model import resolve_precision
+
+    zen4 = "flags\t\t: fpu vme avx2 avx512f avx512_bf16 avx512_vnni"
+    sapphire_rapids = "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile"
+    haswell = "flags\t\t: fpu vme avx2 fma"
+    assert resolve_precision("auto", zen4, gpu=False) == "bfloat16"
+    assert resolve_precision("auto", sapphire_rapids, gpu=False) == "bfloat16"
+    assert resolve_precision("auto", haswell, gpu=False) == "float32"
+    assert resolve_precision("auto", zen4, gpu=True) == "float32"
+    assert resolve_precision("auto", "flags : avx512_bf16x", gpu=False) == "float32"  # whole flags only
+    assert resolve_precision("bfloat16", haswell, gpu=True) == "bfloat16"  # asked for is asked for

@@ -187,9 +187,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # reference; a name is still checked.
         "final_activation": Key(_as_choice("softmax", *ACTIVATION_NAMES), "softmax"),
         "show_summary": Key(_as_bool, False),
-        # Ours: the network works at 1/downsample resolution (see train/model.py).
+        # Ours: the network works at 1/downsample resolution (see train/flexunet.py).
         "downsample": Key(_as_int, 1, check=_positive),
-        # Ours: 0 = off, else the odd box width (pixels) of the local-contrast input channel (train/model.py).
+        # Ours: 0 = off, else the odd box width (pixels) of the local-contrast input channel (train/flexunet.py).
         "local_contrast": Key(_as_int, 0, check=lambda v: None if v == 0 or (v >= 3 and v % 2) else
                               "0 (off) or an odd window of at least 3 pixels"),
     },

@@ -130,21 +130,9 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of (image float32 (B,H,W,C) in 0..1, one-hot mask float32 (B,H,W,num_classes)).
 
-    ``image_size`` and ``crop_size`` are (height, width). Without a crop every tile must be ``image_size``; with
-    one, each tile yields one random ``crop_size`` window (the same for image and mask) that, with probability
-    ``foreground_bias``, contains a random foreground (class > 0) pixel. ``crops_per_tile`` > 1 takes that many
-    windows from each decoded tile (decoding a 512² PNG pair costs far more than training on a 128² crop of it)
-    and mixes them through a small shuffle buffer. ``random_rotations`` turns each window by a random multiple of
-    90° (square windows only); with flips that covers all eight symmetries of the square, none of which a smear
-    prefers. ``intensity_jitter`` = j > 0 changes each window's gamma by a factor in [e^-j, e^j], its contrast by
-    one in [1-j, 1+j] and its brightness by up to ±j/4 (the mask is untouched): stains, focus and exposure differ
-    between slides, and a model that has seen a handful of sources must not key on their absolute grey levels.
-    ``random_scale`` = s > 0 zooms each window by a factor drawn log-uniformly in [1/(1+s), 1+s] (a window of
-    crop/factor pixels, resized to the crop: bilinear for the image, nearest for the mask): nucleus size differs
-    between sources and slide preparations, and a model trained on a few sources must not learn one size.
-    ``random_blur`` = b > 0 blurs each window with a Gaussian of standard deviation drawn uniformly in [0, b] pixels
-    (borders reflected; the mask is untouched): an EDF image is sharp only where its focus stack found a plane, and
-    nuclei inside thick clumps come out soft and pale, unlike most annotated training nuclei.
+    ``image_size`` and ``crop_size`` are (height, width). Without a crop every tile must be ``image_size``. The
+    window arguments (crop, flips, turns, jitter, zoom, blur, foreground bias) are ``train.windows.WindowOptions``,
+    which says what each is for.
     ``seed=None`` gives unseeded randomness and lets parallel
     decoding return elements out of order. ``autotune`` (default: only where a GPU is visible) lets tf.data tune
     its parallelism and buffers while it runs; it never changes the batches.
@@ -437,6 +425,16 @@ def datasets(config: Config, with_validation: bool = True):
         valid_ds = make_dataset(*valid_pairs, batch_size=t.batch_size, shuffle=False, seed=t.seed,
                                 repeat=t.validation_steps is not None, **common)
     return train_ds, valid_ds, (train_images, train_masks), valid_pairs
+
+
+def evaluation_dataset(config: Config) -> tuple[list[str], tf.data.Dataset]:
+    """(image paths, dataset) of the [test] split, checked first: the tiles evaluate scores, in file order, through
+    the same pipeline as validation, so its numbers compare with the curves."""
+    images, masks = pairs(config, "test")
+    check_masks(masks, config.mask.rgb_map)
+    check_sizes(images, masks, config.image_size)
+    return images, make_dataset(images, masks, batch_size=config.train.batch_size, shuffle=False,
+                                **tile_dataset_options(config))
 
 
 def montage_tiles(config: Config, image_paths: Sequence[str], mask_paths: Sequence[str]):

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from train.config import Config
-from train.data import pairs, tile_dataset_options
-from train.model import load_trained
-from train.runs import TrainError
+from train.data import evaluation_dataset
+from train.model import TrainError, load_trained
+from train.scores import pool_scores, score_masks
 
 EVALUATION_HEADER = ("metric", "value")  # then the reference's two rows (loss, dice_coef_multiclass), then ours
 SCORE_COLUMNS = ("nucleus_dice", "nucleus_iou", "object_precision", "object_recall", "object_f1", "object_dice",
@@ -25,19 +25,12 @@ def _foreground(one_hot_or_probabilities: np.ndarray) -> np.ndarray:
 
 def evaluate(config: Config, overwrite: bool = False, verbose: int | str = "auto") -> dict:
     """Write evaluation.csv and evaluation_per_image.csv in the config's folder; return the pooled scores."""
-    from train.data import check_masks, check_sizes, make_dataset
-    from train.scores import pool_scores, score_masks
-
     target = config.folder / "evaluation.csv"
     per_image_target = config.folder / "evaluation_per_image.csv"
     if not overwrite and target.exists():
         raise TrainError(f"{target} exists (use --overwrite to replace it)")
-    images, masks = pairs(config, "test")
-    check_masks(masks, config.mask.rgb_map)
-    check_sizes(images, masks, config.image_size)
+    images, dataset = evaluation_dataset(config)
     model = load_trained(config)
-    dataset = make_dataset(images, masks, batch_size=config.train.batch_size, shuffle=False,
-                           **tile_dataset_options(config))
     keras_scores = model.evaluate(dataset, return_dict=True, verbose=verbose)
 
     per_image, names = [], iter(images)

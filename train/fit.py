@@ -56,6 +56,13 @@ def make_strategy(name: str):
     raise ConfigError(f"[train] strategy = {name}: expected default, mirrored or multiworker")
 
 
+def multiworker_model(model):
+    """The same network as a ``MultiWorkerLogs`` model (train.flexunet says why)."""
+    from train.flexunet import MultiWorkerLogs
+
+    return MultiWorkerLogs(model.inputs, model.outputs, name=model.name)
+
+
 def precision_policy(enabled: bool) -> str:
     """float16 on GPUs (tensor cores); bfloat16 on CPUs, where float16 kernels are emulated and slow."""
     import tensorflow as tf
@@ -178,7 +185,14 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
         with strategy.scope():
             # Size-agnostic: it trains on crops and validates on whole tiles.
             model = build_model(config, (None, None))
+            if t.strategy == "multiworker":
+                model = multiworker_model(model)
             compile_model(model, config)
+            if t.strategy == "multiworker":
+                # Keras 3.15's fit first reduces a whole data batch across workers to build the model symbolically,
+                # which MultiWorkerMirroredStrategy refuses; with no strategy of its own the model skips that
+                # build (its layers are built) and fit, run inside the scope below, takes the scope's strategy.
+                model._distribute_strategy = None
             if init_weights is not None:  # a resumed run's backup replaces these at the first epoch
                 model.load_weights(str(init_weights))
             if not fresh and has_backup(paths):
@@ -200,8 +214,9 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
                     {"train_tiles": len(train_pairs[0]), "train_tile_list_sha256": tile_list_sha256(train_pairs[0])}))
             if config.model.show_summary:
                 model.summary()
-            model.fit(train_ds, validation_data=valid_ds, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
-                      shuffle=False, validation_steps=t.validation_steps, callbacks=callbacks, verbose=verbose)
+            with strategy.scope() if t.strategy == "multiworker" else contextlib.nullcontext():
+                model.fit(train_ds, validation_data=valid_ds, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
+                          shuffle=False, validation_steps=t.validation_steps, callbacks=callbacks, verbose=verbose)
         except Exception:
             # A failure leaves the model an --overwrite run was replacing as it was; a first run keeps its backup/
             # so that running again resumes (a kill -9 cannot clean up: the next run resumes, or with --fresh starts).

@@ -13,7 +13,21 @@ from train.config import MAX_BLUR_SIGMA
 
 @dataclass(frozen=True)
 class WindowOptions:
-    """How a training tile becomes windows (see ``train.data.make_dataset`` for what each one is for)."""
+    """How a training tile becomes windows.
+
+    Each tile yields one random ``crop_size`` window (the same for image and mask) that, with probability
+    ``foreground_bias``, contains a random foreground (class > 0) pixel. ``crops_per_tile`` > 1 takes that many
+    windows from each decoded tile (decoding a 512² PNG pair costs far more than training on a 128² crop of it).
+    ``random_rotations`` turns each window by a random multiple of 90° (square windows only); with flips that
+    covers all eight symmetries of the square, none of which a smear prefers. ``intensity_jitter`` = j > 0 changes
+    each window's gamma by a factor in [e^-j, e^j], its contrast by one in [1-j, 1+j] and its brightness by up to
+    ±j/4 (the mask is untouched): stains, focus and exposure differ between slides, and a model that has seen a
+    handful of sources must not key on their absolute grey levels. ``random_scale`` = s > 0 zooms each window by a
+    factor drawn log-uniformly in [1/(1+s), 1+s] (bilinear for the image, nearest for the mask): nucleus size
+    differs between sources and preparations. ``random_blur`` = b > 0 blurs each window with a Gaussian of
+    standard deviation drawn uniformly in [0, b] pixels (borders reflected): an EDF image is sharp only where its
+    focus stack found a plane, and nuclei inside thick clumps come out soft and pale.
+    """
 
     crop_size: tuple[int, int] | None = None  # (height, width); None: the whole tile
     crops_per_tile: int = 1
