@@ -126,24 +126,35 @@ def overlay_panels(out: Path, folds: list[dict]) -> list[tuple[str, np.ndarray]]
 ERROR_CROP = 120  # px of the field around each extra or missed nucleus in errors.png
 
 
+def lone_objects(objects: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, tuple[int, int]]]]:
+    """The 8-connected labels of ``objects`` (as the scorer counts) and (label id, area, (x, y) centre) of each
+    object that touches no pixel of ``other``."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(objects, structure=np.ones((3, 3)))
+    if not count:
+        return labels, []
+    touched = np.bincount(labels[other & (labels > 0)], minlength=count + 1) > 0
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    centres = ndimage.center_of_mass(objects, labels, range(1, count + 1))
+    return labels, [(label_id, int(areas[label_id]), (round(x), round(y)))
+                    for label_id, (y, x) in enumerate(centres, start=1) if not touched[label_id]]
+
+
+def centred_crops(image: np.ndarray, centres: list[tuple[int, int]], size: int) -> list[np.ndarray]:
+    """``size``² cuts of ``image`` centred on each (x, y), white beyond its border."""
+    half = size // 2
+    padded = cv2.copyMakeBorder(image, half, half, half, half, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    return [padded[y:y + size, x:x + size] for x, y in centres]
+
+
 def error_crops(overlay: np.ndarray, prediction: np.ndarray, truth: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """("extra x,y" | "missed x,y", crop of ``overlay`` centred on it) for every predicted object that touches no
     annotated nucleus and every annotated nucleus that no prediction touches (8-connected, as the scorer counts)."""
-    from scipy import ndimage
-
-    crops = []
-    half = ERROR_CROP // 2
-    padded = cv2.copyMakeBorder(overlay, half, half, half, half, cv2.BORDER_CONSTANT, value=(255, 255, 255))
-    for kind, objects, other in (("extra", prediction, truth), ("missed", truth, prediction)):
-        labels, count = ndimage.label(objects, structure=np.ones((3, 3)))
-        if not count:
-            continue
-        touched = np.bincount(labels[other & (labels > 0)], minlength=count + 1) > 0
-        for label_id, (y, x) in enumerate(ndimage.center_of_mass(objects, labels, range(1, count + 1)), start=1):
-            if not touched[label_id]:
-                y, x = round(y), round(x)
-                crops.append((f"{kind} {x},{y}", padded[y:y + ERROR_CROP, x:x + ERROR_CROP]))
-    return crops
+    found = [(kind, centre) for kind, objects, other in (("extra", prediction, truth), ("missed", truth, prediction))
+             for _, _, centre in lone_objects(objects, other)[1]]
+    crops = centred_crops(overlay, [centre for _, centre in found], ERROR_CROP)
+    return [(f"{kind} {x},{y}", crop) for (kind, (x, y)), crop in zip(found, crops, strict=True)]
 
 
 def error_panels(out: Path, folds: list[dict]) -> list[tuple[str, np.ndarray]]:

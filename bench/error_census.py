@@ -26,28 +26,13 @@ sys.path.insert(0, str(REPO / "bench"))
 import click  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_folds import centred_crops, lone_objects, montage  # noqa: E402
 
 # Below this a lone object is a speck, not a nucleus: the annotated nuclei's 5th percentile is 193 px (median 399)
 # on the shared fields (docs/results.md, run 1).
 SMALL_AREA = 100
+CROP = 96  # px of the overlay around each object in --picture
 KINDS = ("extra_nucleus_sized", "extra_small", "missed_nucleus_sized", "missed_small")
-
-
-def lone_objects(objects: np.ndarray, other: np.ndarray) -> list[tuple[int, tuple[int, int], np.ndarray]]:
-    """(area, (x, y) centre, pixel mask) of each 8-connected object of ``objects`` that touches no pixel of
-    ``other``."""
-    from scipy import ndimage
-
-    labels, count = ndimage.label(objects, structure=np.ones((3, 3)))
-    if not count:
-        return []
-    touched = np.bincount(labels[other & (labels > 0)], minlength=count + 1) > 0
-    areas = np.bincount(labels.ravel(), minlength=count + 1)
-    found = []
-    for label_id, (y, x) in enumerate(ndimage.center_of_mass(objects, labels, range(1, count + 1)), start=1):
-        if not touched[label_id]:
-            found.append((int(areas[label_id]), (round(x), round(y)), labels == label_id))
-    return found
 
 
 def field_census(truth: np.ndarray, prediction: np.ndarray) -> dict:
@@ -56,21 +41,20 @@ def field_census(truth: np.ndarray, prediction: np.ndarray) -> dict:
     from train.scores import score_masks
 
     truth, prediction = truth.astype(bool), prediction.astype(bool)
-    extras, missed = lone_objects(prediction, truth), lone_objects(truth, prediction)
-    nucleus_sized = [pixels for area, _, pixels in extras if area >= SMALL_AREA]
-    completed = truth.copy()
-    for pixels in nucleus_sized:
-        completed |= pixels
+    labels, extras = lone_objects(prediction, truth)
+    _, missed = lone_objects(truth, prediction)
+    nucleus_sized = [(label_id, centre) for label_id, area, centre in extras if area >= SMALL_AREA]
+    completed = truth | np.isin(labels, [label_id for label_id, _ in nucleus_sized])
     scored, if_annotated = score_masks(truth, prediction), score_masks(completed, prediction)
     return {
         "extra_nucleus_sized": len(nucleus_sized),
-        "extra_small": sum(area < SMALL_AREA for area, _, _ in extras),
-        "missed_nucleus_sized": sum(area >= SMALL_AREA for area, _, _ in missed),
-        "missed_small": sum(area < SMALL_AREA for area, _, _ in missed),
+        "extra_small": sum(area < SMALL_AREA for _, area, _ in extras),
+        "missed_nucleus_sized": sum(area >= SMALL_AREA for _, area, _ in missed),
+        "missed_small": sum(area < SMALL_AREA for _, area, _ in missed),
         "n_extra": scored["n_extra"], "n_missed": scored["n_missed"],
         "nucleus_dice": scored["nucleus_dice"], "f1": scored["object_f1"],
         "nucleus_dice_if_annotated": if_annotated["nucleus_dice"], "f1_if_annotated": if_annotated["object_f1"],
-        "extra_centres": [centre for area, centre, _ in extras if area >= SMALL_AREA],
+        "extra_centres": [centre for _, centre in nucleus_sized],
     }
 
 
@@ -91,6 +75,7 @@ def run_fields(run: Path, predictions: str) -> list[tuple[str, Path, Path, Path]
 
 
 def census(runs: list[Path], predictions: str, crops: list | None = None) -> dict:
+    """Each run's census; with ``crops``, each isolated nucleus-sized extra's (caption, overlay crop) added."""
     from prep.truth import read_truth
 
     result = {}
@@ -100,9 +85,11 @@ def census(runs: list[Path], predictions: str, crops: list | None = None) -> dic
             truth = read_truth(truth_path).mask
             prediction = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 0
             fields[stem] = field_census(truth, prediction)
-            overlay = cv2.imread(str(overlay_path))
-            if crops is not None and overlay is not None:
-                crops += [(f"{run.name} {stem} {x},{y}", overlay, (x, y)) for x, y in fields[stem]["extra_centres"]]
+            overlay = cv2.imread(str(overlay_path)) if crops is not None else None
+            if overlay is not None:
+                centres = fields[stem]["extra_centres"]
+                crops += [(f"{run.name} {stem} {x},{y}", crop)
+                          for (x, y), crop in zip(centres, centred_crops(overlay, centres, CROP), strict=True)]
         totals = {kind: sum(field[kind] for field in fields.values()) for kind in (*KINDS, "n_extra", "n_missed")}
         means = {key: round(fmean(field[key] for field in fields.values()), 4)
                  for key in ("nucleus_dice", "f1", "nucleus_dice_if_annotated", "f1_if_annotated")}
@@ -111,16 +98,9 @@ def census(runs: list[Path], predictions: str, crops: list | None = None) -> dic
     return result
 
 
-def picture(crops: list, path: Path, size: int = 96) -> None:
-    """Each isolated nucleus-sized extra object, its overlay cut ``size`` px around it, captioned."""
-    from bench_folds import montage
-
-    half = size // 2
-    panels = []
-    for caption, overlay, (x, y) in crops:
-        padded = cv2.copyMakeBorder(overlay, half, half, half, half, cv2.BORDER_CONSTANT, value=(255, 255, 255))
-        panels.append((caption, padded[y:y + size, x:x + size]))
-    if not cv2.imwrite(str(path), montage(panels, columns=8, size=2 * size)):
+def picture(crops: list[tuple[str, np.ndarray]], path: Path) -> None:
+    """Each isolated nucleus-sized extra object, its overlay cut CROP px around it, captioned."""
+    if not cv2.imwrite(str(path), montage(crops, columns=8, size=2 * CROP)):
         raise click.ClickException(f"{path}: cannot write the picture")
 
 
