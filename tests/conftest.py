@@ -48,6 +48,23 @@ def edf_folder(tmp_path: Path) -> Path:
     return write_edf_folder(tmp_path / "EDF")
 
 
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A prepared dataset of 64² tiles from four small synthetic fields: what the training tests fit on."""
+    from click.testing import CliRunner
+
+    from prep.cli import cli as prep_cli
+
+    root = tmp_path_factory.mktemp("tiny")
+    edf = write_edf_folder(root / "EDF", count=4, height=128, width=128, seed=5)
+    result = CliRunner().invoke(prep_cli, ["run", "--input", str(edf), "--output", str(root / "data"),
+                                           "--tile-size", "64", "--split", "0.5,0.25,0.25", "--no-progress",
+                                           "--rotations", "90", "--elastic-sigmas", "", "--distortion-sizes", "",
+                                           "--barrel-amounts", "", "--pincushion-amounts", ""])
+    assert result.exit_code == 0, result.output
+    return root / "data"
+
+
 def tree_digest(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """sha256 of every file under ``folder`` by relative path."""
     return {

@@ -21,7 +21,7 @@ from prep.atomic import atomic_output, clean_stale
 from prep.cli import cli as prep_cli
 from tests.conftest import random_pair, tree_digest, write_edf_folder
 from tests.test_train_fit import invoke as train
-from tests.test_train_fit import kill_after, make_run, tiny_dataset  # noqa: F401  (tiny_dataset: a fixture)
+from tests.test_train_fit import kill_after, make_run
 
 
 def bomb_png(path: Path, width: int, height: int) -> Path:
@@ -212,7 +212,7 @@ def test_infer_cleans_a_killed_runs_temp_folder(infer_project: Path, tmp_path: P
 # ---------------------------------------------------------------------------------------------- train
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_dataset: Path) -> Path:  # noqa: F811
+def trained_run(tmp_path_factory, tiny_dataset: Path) -> Path:
     """A finished one-epoch run (config, models/, eval/) to copy: the user's model a fault must not touch."""
     run = tmp_path_factory.mktemp("drill-train") / "run"
     run.mkdir()
@@ -268,7 +268,7 @@ def test_a_diverging_run_fails_and_the_previous_model_stays(trained_run: Path, t
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
 
 
-def test_a_first_run_that_diverges_leaves_no_model(tmp_path: Path, tiny_dataset: Path):  # noqa: F811
+def test_a_first_run_that_diverges_leaves_no_model(tmp_path: Path, tiny_dataset: Path):
     config = make_run(tmp_path, tiny_dataset, epochs=1)
     result = train("fit", "--config", config, "--set", "model.learning_rate=1e30", "--set", "model.clipvalue=None")
     assert result.exit_code == 1 and "training diverged" in result.output
@@ -309,7 +309,7 @@ def _interrupted(tmp_path: Path, dataset: Path) -> Path:
     return config
 
 
-def test_a_damaged_backup_says_how_to_start_fresh(tmp_path: Path, tiny_dataset: Path):  # noqa: F811
+def test_a_damaged_backup_says_how_to_start_fresh(tmp_path: Path, tiny_dataset: Path):
     config = _interrupted(tmp_path, tiny_dataset)
     backup = tmp_path / "models" / "backup"
     weights = backup / "latest.weights.h5"
@@ -325,14 +325,14 @@ def test_a_damaged_backup_says_how_to_start_fresh(tmp_path: Path, tiny_dataset: 
     assert "resumed" not in fresh.output and (tmp_path / "models" / "best.weights.h5").is_file()
 
 
-def test_a_changed_architecture_is_named_instead_of_resumed(tmp_path: Path, tiny_dataset: Path):  # noqa: F811
+def test_a_changed_architecture_is_named_instead_of_resumed(tmp_path: Path, tiny_dataset: Path):
     config = _interrupted(tmp_path, tiny_dataset)
     result = train("fit", "--config", config, "--set", "model.base_filters=8")
     assert result.exit_code == 1 and no_traceback(result), result.output
     assert "[model] base_filters = 4 then, 8 now" in result.output and "--fresh" in result.output
 
 
-def test_an_unwritable_model_dir_is_named_before_work(tmp_path: Path, tiny_dataset: Path):  # noqa: F811
+def test_an_unwritable_model_dir_is_named_before_work(tmp_path: Path, tiny_dataset: Path):
     config = make_run(tmp_path, tiny_dataset, epochs=1)
     (tmp_path / "blocker").write_text("a file")
     result = train("fit", "--config", config, "--set", "train.model_dir=./blocker/models")
@@ -351,7 +351,7 @@ def test_an_unwritable_model_dir_is_named_before_work(tmp_path: Path, tiny_datas
     assert list(locked.iterdir()) == [] and not (tmp_path / "eval").exists()
 
 
-def test_changed_training_tiles_are_named_instead_of_resumed(tmp_path: Path, tiny_dataset: Path):  # noqa: F811
+def test_changed_training_tiles_are_named_instead_of_resumed(tmp_path: Path, tiny_dataset: Path):
     own = tmp_path / "own-data"
     shutil.copytree(tiny_dataset, own)
     run = tmp_path / "run"

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from prep.cli import cli as prep_cli
-from tests.conftest import REPO, SHARED, write_edf_folder
+from tests.conftest import REPO, SHARED
 from train.cli import cli as train_cli
 from train.config import ConfigError, load_config
 
@@ -56,18 +55,6 @@ masks_dir = "./data/test/masks/"
 [mask]
 rgb_map = {{(0,0,0):0,(255,255,255):1,}}
 """
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    edf = write_edf_folder(root / "EDF", count=4, height=128, width=128, seed=5)
-    result = CliRunner().invoke(prep_cli, ["run", "--input", str(edf), "--output", str(root / "data"),
-                                           "--tile-size", "64", "--split", "0.5,0.25,0.25", "--no-progress",
-                                           "--rotations", "90", "--elastic-sigmas", "", "--distortion-sizes", "",
-                                           "--barrel-amounts", "", "--pincushion-amounts", ""])
-    assert result.exit_code == 0, result.output
-    return root / "data"
 
 
 def make_run(tmp_path: Path, dataset: Path, epochs: int = 2, extra: str = "") -> Path:

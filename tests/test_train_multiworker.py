@@ -13,24 +13,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
-from click.testing import CliRunner
 
-from prep.cli import cli as prep_cli
-from tests.conftest import REPO, write_edf_folder
+from tests.conftest import REPO
 from tests.test_train_fit import make_run
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-multiworker")
-    edf = write_edf_folder(root / "EDF", count=4, height=128, width=128, seed=5)
-    result = CliRunner().invoke(prep_cli, ["run", "--input", str(edf), "--output", str(root / "data"),
-                                           "--tile-size", "64", "--split", "0.5,0.25,0.25", "--no-progress",
-                                           "--rotations", "90", "--elastic-sigmas", "", "--distortion-sizes", "",
-                                           "--barrel-amounts", "", "--pincushion-amounts", ""])
-    assert result.exit_code == 0, result.output
-    return root / "data"
 
 
 def free_ports(count: int) -> list[int]:
