@@ -57,10 +57,16 @@ def make_strategy(name: str):
 
 
 def multiworker_model(model):
-    """The same network as a ``MultiWorkerLogs`` model (train.flexunet says why)."""
+    """The same network as a ``MultiWorkerLogs`` model (train.flexunet says why), to fit inside the strategy's scope.
+
+    Keras 3's fit first reduces a whole data batch across workers to build the model symbolically, which
+    MultiWorkerMirroredStrategy refuses; with no strategy of its own the model skips that build (its layers are
+    built) and fit takes the scope's strategy."""
     from train.flexunet import MultiWorkerLogs
 
-    return MultiWorkerLogs(model.inputs, model.outputs, name=model.name)
+    wrapped = MultiWorkerLogs(model.inputs, model.outputs, name=model.name)
+    wrapped._distribute_strategy = None
+    return wrapped
 
 
 def precision_policy(enabled: bool) -> str:
@@ -188,11 +194,6 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
             if t.strategy == "multiworker":
                 model = multiworker_model(model)
             compile_model(model, config)
-            if t.strategy == "multiworker":
-                # Keras 3.15's fit first reduces a whole data batch across workers to build the model symbolically,
-                # which MultiWorkerMirroredStrategy refuses; with no strategy of its own the model skips that
-                # build (its layers are built) and fit, run inside the scope below, takes the scope's strategy.
-                model._distribute_strategy = None
             if init_weights is not None:  # a resumed run's backup replaces these at the first epoch
                 model.load_weights(str(init_weights))
             if not fresh and has_backup(paths):

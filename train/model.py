@@ -79,17 +79,13 @@ def load_trained(config: Config, image_size: tuple[int | None, int | None] | Non
     import keras
 
     paths = run_paths(config)
+    previous = keras.mixed_precision.global_policy()
     if precision is not None:
-        precision = resolve_precision(precision)
-    if precision is None:
+        keras.mixed_precision.set_global_policy(PRECISIONS[resolve_precision(precision)])
+    try:  # layers take the policy when they are made: restore it for whatever comes next
         model = build_model(config, image_size)
-    else:
-        previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy(PRECISIONS[precision])
-        try:  # layers take the policy when they are made: restore it for whatever comes next
-            model = build_model(config, image_size)
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     if paths.best.exists():
         source = paths.best
         try:
