@@ -45,7 +45,7 @@ help:
 	@echo "make bench-infer stitching vs bare predict, overlap/TTA cost, 8192² peak RSS (last line: JSON)"
 	@echo "make bench-gpu   reference model on a GPU, float32 vs mixed float16/bfloat16 (last line: JSON)"
 	@echo "make bench-real TRAIN_EDF=DIR TEST_EDF=DIR  train ≤15 min on CPU, score unseen images (last line: JSON)"
-	@echo "make bench-folds [FIELDS=DIR | TILES=DIR] [FOLDS=5]  bench-real on every fold of whole fields (or tiles) (JSON)"
+	@echo "make bench-folds [FIELDS=DIR | TILES=DIR] [FOLDS=5] [OUT=DIR [RESUME=1]]  bench-real on every fold (JSON)"
 	@echo "make bench-peer TRAIN_EDF=DIR TEST_EDF=DIR  StarDist 2D beside our model, same fields and budget (JSON)"
 	@echo "make bench-runs  every recorded fold run (tile and whole-field records): mean and spread per variant"
 	@echo "make lint      ruff"
@@ -156,12 +156,13 @@ bench-real: $(STAMP)
 # bench-real on every fold: of whole ISBI fields (FIELDS, default the 10 real fields in ../shared, GT as published;
 # FOLDS=5: two fields held out per fold, about 80 minutes on 2 cores), or of reference-style TILES (FOLDS=6 there is
 # leave-one-source-out); one line per fold, then one JSON object with per-field scores and the means.
+# RESUME=1 with the stopped run's OUT (and its other settings) runs only the folds it had not finished.
 FIELDS ?= ../shared/data/isbi2014/EDF
 bench-folds: $(STAMP) $(if $(filter 1 yes true,$(PEER)),$(PEER_STAMP),)
 	$(BIN)/python bench/bench_folds.py $(if $(TILES),--tiles $(TILES),--fields $(FIELDS)) \
 		$(if $(filter 1 yes true,$(PEER)),--peer,) \
 		$(if $(FOLDS),--folds $(FOLDS),) $(if $(OUT),--out $(OUT),) $(if $(SYNTH),--synth $(SYNTH),) \
-		$(if $(VALID_ON),--valid-on $(VALID_ON),) $(bench_prep_flag)
+		$(if $(VALID_ON),--valid-on $(VALID_ON),) $(if $(filter 1 yes true,$(RESUME)),--resume,) $(bench_prep_flag)
 
 # StarDist 2D beside our model on TRAIN_EDF → TEST_EDF, same fields and budget (about 30 minutes on 2 cores);
 # PEER_ONLY=1 trains StarDist alone. make bench-folds PEER=1 runs both on every fold.

@@ -13,13 +13,18 @@ missed nuclei, infer seconds) with its fold, and `folds` each fold's summary.
 With --out, `summary.json` there holds that object and `overlays.png` shows every held-out image (ground truth
 green, prediction red) with its fold and Dice: red alone is an extra object, green alone a missed nucleus;
 `errors.png` shows each of those, magnified, with its image and place.
+A stopped run (a killed process, a session's end) goes on with --resume and the same options: `run.json` in --out
+holds the run's options and folds, each finished fold leaves `foldK/summary.json` (with the code it ran on), and only
+the folds without one run again.
 The default --folds 6 on the reference's 6 sources is leave-one-source-out: every model trains on all
 sources but the one it is scored on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -35,6 +40,8 @@ import numpy as np  # noqa: E402
 from bench_real import DEFAULT_PREP_FLAGS, VALID_ON, bench_real, run_options  # noqa: E402
 from make_folds import make_field_folds, make_folds  # noqa: E402
 
+RUN_FILE = "run.json"  # in --out: the run's options and fold plan, which --resume must match
+FOLD_SUMMARY = "summary.json"  # in --out/foldK: that fold's finished summary; --resume keeps the fold
 FOLD_MEANS = ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1", "outline_dice")
 
 
@@ -75,6 +82,9 @@ def combine(folds: list[dict]) -> dict:
             "train_seconds": round(sum(peer["train_seconds"] for peer in peers), 1),
             "folds": len(peers), "images": peer_fields,
         }
+    codes = sorted({fold["code"] for fold in folds if fold.get("code")})
+    if codes:  # more than one where a resumed run's folds ran on other commits
+        combined["code"] = codes
     combined["folds"] = folds
     return combined
 
@@ -179,16 +189,68 @@ def error_panels(out: Path, folds: list[dict]) -> list[tuple[str, np.ndarray]]:
     return panels
 
 
+def code_version() -> str | None:
+    """The repository's commit (with -dirty when the tree has changes), or None outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=7"],
+                              capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def run_options_record(data: Path, folds: int, config: Path, overrides: Sequence[str], infer_flags: Sequence[str],
+                       synth: int, valid_on: str, prep_flags: Sequence[str], whole_fields: bool, peer: bool,
+                       synth_only: bool) -> dict:
+    """What makes two runs the same run: --resume refuses to finish a run with anything else."""
+    return {"data": str(data.resolve()), "whole_fields": whole_fields, "folds": folds,
+            "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(), "overrides": list(overrides),
+            "infer_flags": list(infer_flags), "synth": synth, "valid_on": valid_on, "prep_flags": list(prep_flags),
+            "peer": peer, "synth_only": synth_only}
+
+
+def _write_json(path: Path, value: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1) + "\n")
+    partial.replace(path)
+
+
+def resumed_plan(out: Path, options: dict) -> list[dict]:
+    """The fold plan of the stopped run in ``out``, after checking it was run with ``options``."""
+    record_path = out / RUN_FILE
+    if not record_path.is_file():
+        raise ValueError(f"{out}: no {RUN_FILE}, so no run of bench-folds to resume there")
+    record = json.loads(record_path.read_text())
+    differing = [f"{key} (the run's {record['options'].get(key)!r}, now {value!r})"
+                 for key, value in options.items() if record["options"].get(key) != value]
+    if differing:
+        raise ValueError(f"{record_path}: --resume needs the run's own options; these differ: " + "; ".join(differing))
+    return record["plan"]
+
+
 def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list[str], infer_flags: list[str],
                 synth: int, valid_on: str = VALID_ON[0], echo=click.echo,
                 prep_flags: Sequence[str] = DEFAULT_PREP_FLAGS, whole_fields: bool = False,
-                peer: bool = False, synth_only: bool = False) -> dict:
+                peer: bool = False, synth_only: bool = False, resume: bool = False) -> dict:
     """``data``: whole ISBI fields (``whole_fields``) or reference-style tiles; ``peer``: StarDist on every fold
-    too (bench_peer), trained in the same budget on the same fields, after ours (never beside it)."""
+    too (bench_peer), trained in the same budget on the same fields, after ours (never beside it); ``resume``:
+    finish the stopped run in ``out`` (same options), keeping its finished folds."""
+    options = run_options_record(data, folds, config, overrides, infer_flags, synth, valid_on, prep_flags,
+                                 whole_fields, peer, synth_only)
+    if resume:
+        plan = resumed_plan(out, options)
+    else:
+        plan = (make_field_folds(data, out / "folds", folds) if whole_fields
+                else make_folds(data, out / "folds", folds))
+        _write_json(out / RUN_FILE, {"options": options, "plan": plan})
     summaries = []
-    plan = make_field_folds(data, out / "folds", folds) if whole_fields else make_folds(data, out / "folds", folds)
     for fold in plan:
         fold_dir = out / "folds" / f"fold{fold['fold']}"
+        finished = out / f"fold{fold['fold']}" / FOLD_SUMMARY
+        if resume and finished.is_file():
+            summaries.append(json.loads(finished.read_text()))
+            echo(f"kept from the stopped run: {fold_line(summaries[-1])}")
+            continue
         summary = bench_real(fold_dir / "train", fold_dir / "test", out / f"fold{fold['fold']}", config,
                              overrides, infer_flags, synth=synth, valid_on=valid_on, prep_flags=prep_flags,
                              synth_only=synth_only)
@@ -197,7 +259,8 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
 
             summary["stardist"] = bench_peer(fold_dir / "train", fold_dir / "test", out / f"fold{fold['fold']}" /
                                              "stardist", config)
-        summaries.append({**fold, **summary})
+        summaries.append({**fold, **summary, "code": code_version()})
+        _write_json(finished, summaries[-1])
         echo(fold_line(summaries[-1]))
     panels = overlay_panels(out, summaries)
     if panels:
@@ -207,9 +270,7 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
         cv2.imwrite(str(out / "errors.png"), montage(errors, columns=8, size=2 * ERROR_CROP))
     combined = combine(summaries)
     # The printed JSON, kept beside the folds: a run is worth a row in bench/results/loso_runs.csv.
-    partial = out / "summary.json.partial"
-    partial.write_text(json.dumps(combined, indent=1) + "\n")
-    partial.replace(out / "summary.json")
+    _write_json(out / "summary.json", combined)
     return combined
 
 
@@ -224,14 +285,21 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
 @click.option("--out", type=click.Path(path_type=Path), help="Keep every fold's run here (default: a temp folder).")
 @click.option("--peer", is_flag=True, help="Also train and score StarDist 2D on every fold (bench_peer.py; needs "
                                            "the .[peers] extra; doubles the time).")
+@click.option("--resume", is_flag=True, help="Finish the stopped run in --out: give its options again; its finished "
+                                             "folds are kept, the others run again.")
 @run_options  # bench-real's own options, applied to every fold
-def main(fields: Path | None, tiles: Path | None, folds: int | None, out: Path | None, peer: bool, config: Path,
-         overrides, infer_flags: str, synth: int, valid_on: str, synth_only: bool, prep_flags: list[str]) -> None:
+def main(fields: Path | None, tiles: Path | None, folds: int | None, out: Path | None, peer: bool, resume: bool,
+         config: Path, overrides, infer_flags: str, synth: int, valid_on: str, synth_only: bool,
+         prep_flags: list[str]) -> None:
     """Cross-validate bench-real over leave-sources-out folds of whole FIELDS or of TILES."""
     if (fields is None) == (tiles is None):
         raise click.UsageError("give one of --fields (whole ISBI fields) and --tiles (reference-style tiles)")
-    if out is not None and out.exists() and any(out.iterdir()):
-        raise click.BadParameter(f"{out} is not empty; give a new folder", param_hint="--out")
+    if resume and (out is None or not (out / RUN_FILE).is_file()):
+        raise click.BadParameter(f"--resume needs the --out folder of a stopped run (with its {RUN_FILE})",
+                                 param_hint="--out")
+    if not resume and out is not None and out.exists() and any(out.iterdir()):
+        raise click.BadParameter(f"{out} is not empty; give a new folder (or --resume a stopped run there)",
+                                 param_hint="--out")
     folds = folds or (5 if fields is not None else 6)
     if peer:
         from bench_peer import stardist_available
@@ -242,7 +310,8 @@ def main(fields: Path | None, tiles: Path | None, folds: int | None, out: Path |
         with tempfile.TemporaryDirectory(prefix="bench-folds-") as scratch:
             summary = bench_folds(fields or tiles, out or Path(scratch), folds, config, list(overrides),
                                   infer_flags.split(), synth, valid_on, prep_flags=prep_flags,
-                                  whole_fields=fields is not None, peer=peer, synth_only=synth_only)
+                                  whole_fields=fields is not None, peer=peer, synth_only=synth_only,
+                                  resume=resume)
     except ValueError as err:  # e.g. fewer sources than folds, or a tile name without a source id
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(summary))

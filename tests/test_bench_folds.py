@@ -89,11 +89,12 @@ def test_cli_runs_whole_field_folds_and_reports_every_field(tmp_path: Path):
     config = tmp_path / "tiny.config"
     config.write_text(TINY)
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["--fields", str(fields), "--folds", "2", "--out", str(out), "--config",
-                                       str(config), "--synth", "0", "--set", "train.epochs=1", "--prep-flags", "",
-                                       "--infer-flags", "--min-area 5 --exclude-border"])
+    run_args = ["--fields", str(fields), "--folds", "2", "--out", str(out), "--config", str(config), "--synth", "0",
+                "--set", "train.epochs=1", "--prep-flags", "", "--infer-flags", "--min-area 5 --exclude-border"]
+    result = CliRunner().invoke(main, run_args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
+    assert all(json.loads((out / f"fold{k}" / "summary.json").read_text()) == summary["folds"][k] for k in (0, 1))
     assert sorted(summary["images"]) == [f"EDF{i:03d}.png" for i in range(4)]
     for name, image in summary["images"].items():
         fold = summary["folds"][image["fold"]]
@@ -107,6 +108,22 @@ def test_cli_runs_whole_field_folds_and_reports_every_field(tmp_path: Path):
                                         for line in fold_lines)
     assert summary["field_dice_min"] == min(image["nucleus_dice"] for image in summary["images"].values())
     assert CliRunner().invoke(main, ["--out", str(tmp_path / "x")]).exit_code == 2  # neither --fields nor --tiles
+    # Stopped in fold 1 (its summary never written): --resume keeps fold 0 as it was and runs fold 1 again.
+    (out / "fold1" / "summary.json").unlink()
+    kept_model = out / "fold0" / "models" / "best.weights.h5"
+    kept_stamp = kept_model.stat().st_mtime_ns
+    other = CliRunner().invoke(main, [*run_args, "--resume", "--set", "train.epochs=2"])
+    assert other.exit_code != 0 and "overrides" in other.output and "train.epochs=2" in other.output
+    assert not (out / "fold1" / "summary.json").exists()
+    resumed = CliRunner().invoke(main, [*run_args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "kept from the stopped run: fold0" in resumed.output
+    assert kept_model.stat().st_mtime_ns == kept_stamp  # fold 0 was not trained again
+    finished = json.loads(resumed.output.strip().splitlines()[-1])
+    assert finished["folds"][0] == summary["folds"][0]
+    assert finished["folds"][1]["per_image_dice"] == summary["folds"][1]["per_image_dice"]  # same seed, same fold
+    assert (out / "fold1" / "summary.json").is_file()
+    assert finished.get("code") == summary.get("code")  # the commit(s) the folds ran on, one here
     # The saved models again, with other infer flags: the run's own flags give back the run's own scores.
     from reinfer_folds import compare
 
@@ -187,6 +204,8 @@ def test_cli_refuses_a_used_out_folder_and_too_many_folds(tmp_path: Path):
     (used / "keep.txt").write_text("mine")
     result = CliRunner().invoke(main, ["--tiles", str(tiles), "--out", str(used)])
     assert result.exit_code != 0 and "--out" in result.output and (used / "keep.txt").read_text() == "mine"
+    result = CliRunner().invoke(main, ["--tiles", str(tiles), "--out", str(used), "--resume"])
+    assert result.exit_code != 0 and "run.json" in result.output and (used / "keep.txt").read_text() == "mine"
     result = CliRunner().invoke(main, ["--tiles", str(tiles), "--folds", "3", "--out", str(tmp_path / "new")])
     assert result.exit_code != 0 and "2 sources cannot make 3 folds" in result.output
 
