@@ -109,7 +109,9 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
     settings = [item for key, value in data_keys.items() for item in ("--set", f"{key}={value}")]
     settings += [item for override in overrides for item in ("--set", override)]
     start = time.monotonic()
-    _run(train_cli, ["fit", "--config", str(run_config), *settings, "--overwrite"])
+    # --fresh: a fold run again (bench-folds --resume) trains from scratch, never on from a stopped run's backup,
+    # whose wall clock would start again: every fold gets the same budget.
+    _run(train_cli, ["fit", "--config", str(run_config), *settings, "--overwrite", "--fresh"])
     train_seconds = time.monotonic() - start
     infer_flags = list(infer_flags)
     if excludes_border(infer_flags) and (test_edf / FIELD_EDGES).is_file():

@@ -110,6 +110,9 @@ def test_cli_runs_whole_field_folds_and_reports_every_field(tmp_path: Path):
     assert CliRunner().invoke(main, ["--out", str(tmp_path / "x")]).exit_code == 2  # neither --fields nor --tiles
     # Stopped in fold 1 (its summary never written): --resume keeps fold 0 as it was and runs fold 1 again.
     (out / "fold1" / "summary.json").unlink()
+    backup = out / "fold1" / "models" / "backup"  # what train fit would resume from, clock restarted: never
+    backup.mkdir()
+    (backup / "latest.weights.h5").write_bytes(b"the stopped fold's last epoch")
     kept_model = out / "fold0" / "models" / "best.weights.h5"
     kept_stamp = kept_model.stat().st_mtime_ns
     other = CliRunner().invoke(main, [*run_args, "--resume", "--set", "train.epochs=2"])
@@ -122,7 +125,7 @@ def test_cli_runs_whole_field_folds_and_reports_every_field(tmp_path: Path):
     finished = json.loads(resumed.output.strip().splitlines()[-1])
     assert finished["folds"][0] == summary["folds"][0]
     assert finished["folds"][1]["per_image_dice"] == summary["folds"][1]["per_image_dice"]  # same seed, same fold
-    assert (out / "fold1" / "summary.json").is_file()
+    assert (out / "fold1" / "summary.json").is_file() and not backup.exists()  # fold 1 trained from scratch
     assert finished.get("code") == summary.get("code")  # the commit(s) the folds ran on, one here
     # The saved models again, with other infer flags: the run's own flags give back the run's own scores.
     from reinfer_folds import compare
