@@ -209,7 +209,7 @@ def bench_peer(train_edf: Path, test_edf: Path, out: Path, config: Path, seed: i
 def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, seconds: float | None, patch: int,
          steps_per_epoch: int, peer_only: bool) -> None:
     """Train StarDist 2D (and our model) on TRAIN_EDF's fields, score both on TEST_EDF's."""
-    from bench_real import DEFAULT_INFER_FLAGS, DEFAULT_PREP_FLAGS, bench_real
+    from bench_real import DEFAULT_INFER_FLAGS, DEFAULT_PREP_FLAGS, DEFAULT_SYNTH, bench_real
 
     if patch % 16:
         raise click.BadParameter(f"{patch} is not a multiple of 16 (StarDist's U-Net)", param_hint="--patch")
@@ -217,8 +217,8 @@ def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, second
         root = out or Path(scratch)
         result = {}
         if not peer_only:
-            ours = bench_real(train_edf, test_edf, root / "ours", config, [], DEFAULT_INFER_FLAGS.split(), synth=32,
-                              prep_flags=DEFAULT_PREP_FLAGS)
+            ours = bench_real(train_edf, test_edf, root / "ours", config, [], DEFAULT_INFER_FLAGS.split(),
+                              synth=DEFAULT_SYNTH, prep_flags=DEFAULT_PREP_FLAGS)
             result["ours"] = ours_per_field(ours)
         result["stardist"] = bench_peer(train_edf, test_edf, root / "stardist", config, patch=patch,
                                         steps_per_epoch=steps_per_epoch, seconds=seconds)

@@ -6,11 +6,11 @@
    the run is monitored on SYNTH_VALID_FIELDS extra synthetic fields; with --valid-on real a fifth of TRAIN_EDF's
    sources is held out as the validation split instead (never trained on). The validation split only draws the
    curves and montages: the last weights are kept, so with a handful of real sources holding one out only costs
-   training data. With --synth N (default 32), `prep synth` makes N synthetic fields and `prep run --no-augment`
-   tiles them into extra training tiles; --synth 0 trains on real tiles alone. --prep-flags adds `prep run` flags
+   training data. With --synth N (default 0: real tiles alone), `prep synth` makes N synthetic fields and
+   `prep run --no-augment` tiles them into extra training tiles. --prep-flags adds `prep run` flags
    for the real tiles (default: three pale-nucleus copies of each, --fade-factors 0.3,0.45,0.6; '' for none);
 2. `train fit` of the config (its [train] max_train_seconds is the budget, ≤ 15 min on 2 cores);
-3. `infer` of every full-size image of TEST_EDF (ISBI layout) by stitching, scored against its *_GT.png;
+3. `infer` of every full-size image of TEST_EDF (ISBI layout) with --infer-flags, scored against its *_GT.png;
    `--exclude-border` drops the nuclei cut by the field's edge, which the ISBI ground truth leaves unannotated:
    every edge of a whole field, or for tiles of one the edges TEST_EDF/field_edges.csv names (make_folds writes it).
 The last line printed is one JSON object (nucleus_dice is the mean over test images; *_pooled over pixels).
@@ -43,6 +43,10 @@ SYNTH_VALID_FIELDS = 1
 # them (two with all eight flips and turns at inference, as the model trains with both) averaged 0.906, every one
 # at or above 0.90, against 0.900 for five runs without (README, bench/results/loso_runs.csv).
 DEFAULT_PREP_FLAGS: tuple[str, ...] = ("--fade-factors", "0.3,0.45,0.6")
+# `prep synth` 1024² fields added to the real training tiles. None since 2026-12-01: by the Defaults rule
+# (docs/results.md), two whole-field runs without them scored nucleus Dice 0.908 / 0.911 (F1 0.907 / 0.922)
+# against 0.907 / 0.900 (F1 0.926 / 0.901) with 32, the same infer preset.
+DEFAULT_SYNTH = 0
 DEFAULT_INFER_FLAGS = "--preset recommended"  # infer's own defaults (infer.cli.PRESETS), named for the record
 VALID_ON = ("synth", "real")  # --valid-on's choices; the first is the default
 FIELD_EDGES = "field_edges.csv"  # in TEST_EDF: which edges of each tile are its field's (see make_folds)
@@ -217,7 +221,7 @@ def run_options(command):
         click.option("--set", "overrides", multiple=True, help="Config override, e.g. train.max_train_seconds=600."),
         click.option("--infer-flags", default=DEFAULT_INFER_FLAGS, show_default=True,
                      help="Flags passed to infer (TTA and post-processing)."),
-        click.option("--synth", type=click.IntRange(min=0), default=32, show_default=True,
+        click.option("--synth", type=click.IntRange(min=0), default=DEFAULT_SYNTH, show_default=True,
                      help="Synthetic 1024² fields added as extra training tiles (0: real tiles only)."),
         click.option("--valid-on", type=click.Choice(VALID_ON), default=VALID_ON[0], show_default=True,
                      help="Validation split (it only draws curves and montages): synth = extra synthetic field(s), "
