@@ -22,7 +22,6 @@ sources but the one it is scored on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -203,8 +202,10 @@ def run_options_record(data: Path, folds: int, config: Path, overrides: Sequence
                        synth: int, valid_on: str, prep_flags: Sequence[str], whole_fields: bool, peer: bool,
                        synth_only: bool) -> dict:
     """What makes two runs the same run: --resume refuses to finish a run with anything else."""
+    from prep.edf import file_sha256
+
     return {"data": str(data.resolve()), "whole_fields": whole_fields, "folds": folds,
-            "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(), "overrides": list(overrides),
+            "config_sha256": file_sha256(config), "overrides": list(overrides),
             "infer_flags": list(infer_flags), "synth": synth, "valid_on": valid_on, "prep_flags": list(prep_flags),
             "peer": peer, "synth_only": synth_only}
 
