@@ -42,6 +42,9 @@ from make_folds import make_field_folds, make_folds  # noqa: E402
 RUN_FILE = "run.json"  # in --out: the run's options and fold plan, which --resume must match
 FOLD_SUMMARY = "summary.json"  # in --out/foldK: that fold's finished summary; --resume keeps the fold
 FOLD_MEANS = ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1", "outline_dice")
+# A wall-clock budget buys as many epochs as the host's speed allows: a fold with fewer than this share of the
+# run's most epochs trained on a slower host (a shared machine), and the run's figures mix two training lengths.
+SHORT_EPOCHS = 0.85
 
 
 def combine(folds: list[dict]) -> dict:
@@ -62,6 +65,9 @@ def combine(folds: list[dict]) -> dict:
         "train_seconds": round(sum(fold["train_seconds"] for fold in folds), 1),
         "train_seconds_max": max(fold["train_seconds"] for fold in folds),
     })
+    if all("epochs" in fold for fold in folds):  # the training each fold got within its budget
+        combined.update({"epochs_min": min(fold["epochs"] for fold in folds),
+                         "epochs_max": max(fold["epochs"] for fold in folds)})
     if images:
         combined.update({
             "f1_images": round(fmean(image["f1"] for image in images.values()), 4),
@@ -86,6 +92,19 @@ def combine(folds: list[dict]) -> dict:
         combined["code"] = codes
     combined["folds"] = folds
     return combined
+
+
+def short_budget_warning(combined: dict, share: float = SHORT_EPOCHS) -> str | None:
+    """A warning naming the folds that got fewer than ``share`` of the run's most epochs, or None."""
+    most = combined.get("epochs_max")
+    if not most:
+        return None
+    short = [fold for fold in combined["folds"] if fold["epochs"] < share * most]
+    if not short:
+        return None
+    named = ", ".join(f"fold{fold['fold']} {fold['epochs']}" for fold in short)
+    return (f"warning: epochs per fold {combined['epochs_min']}-{most}; {named} got under {share:.0%} of {most} "
+            "in the same wall-clock budget (a slower host): compare this run with others only with that in mind")
 
 
 def fold_line(fold: dict) -> str:
@@ -270,6 +289,9 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
     if errors:  # each extra object (red alone) and missed nucleus (green alone), magnified
         cv2.imwrite(str(out / "errors.png"), montage(errors, columns=8, size=2 * ERROR_CROP))
     combined = combine(summaries)
+    warning = short_budget_warning(combined)
+    if warning:
+        echo(warning)
     # The printed JSON, kept beside the folds: a run is worth a row in bench/results/loso_runs.csv.
     _write_json(out / "summary.json", combined)
     return combined

@@ -3,7 +3,8 @@
     python bench/record_run.py --summary OUT/summary.json --variant "default" --code 1a2b3c4 [--date 2026-12-01]
 
 The row holds each field's nucleus Dice, the run's means (nucleus Dice over folds, object F1, FNRo), the worst
-field, the extra and missed nuclei, the longest fold's training seconds and the median infer seconds per field.
+field, the extra and missed nuclei, the longest fold's training seconds, the mean infer seconds per field and the
+fewest epochs a fold trained (a wall-clock budget on a slower host buys fewer: compare runs with that in mind).
 One bench-real run over whole test fields (the synthetic-only model's) goes on record the same way.
 `loso_runs.py --runs bench/results/fields_runs.csv` sums the rows up per variant. A run is never recorded twice.
 """
@@ -22,7 +23,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RECORD = RESULTS / "fields_runs.csv"
 META = ("date", "code", "variant")
 MEANS = ("nucleus_dice", "f1", "fnro", "field_dice_min", "n_extra", "n_missed", "train_seconds_max",
-         "infer_seconds_per_image")
+         "infer_seconds_per_image", "epochs_min")
 
 
 def record_row(summary: dict, variant: str, code: str, date: str) -> dict:
@@ -33,7 +34,8 @@ def record_row(summary: dict, variant: str, code: str, date: str) -> dict:
     if not images:
         raise ValueError("the summary has no per-field scores ('images' or 'per_image'): is it a whole-field run?")
     fields = {Path(name).stem: scores["nucleus_dice"] for name, scores in sorted(images.items())}
-    single = {"field_dice_min": min(fields.values()), "train_seconds_max": summary.get("train_seconds")}
+    single = {"field_dice_min": min(fields.values()), "train_seconds_max": summary.get("train_seconds"),
+              "epochs_min": summary.get("epochs")}
     means = {key: summary.get(key, single.get(key)) for key in MEANS}
     return {"date": date, "code": code, "variant": variant, **fields,
             **{key: value for key, value in means.items() if value is not None}}

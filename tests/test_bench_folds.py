@@ -16,7 +16,7 @@ from tests.test_bench_real import TINY
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_folds import ERROR_CROP, combine, error_crops, fold_line, main, montage  # noqa: E402
+from bench_folds import ERROR_CROP, combine, error_crops, fold_line, main, montage, short_budget_warning  # noqa: E402
 from make_folds import main as make_folds_main  # noqa: E402
 from make_folds import make_field_folds, make_folds  # noqa: E402
 
@@ -57,6 +57,20 @@ def test_per_field_scores_are_kept_with_their_fold():
     assert combined["field_dice_min"] == 0.7 and combined["train_seconds_max"] == 12.0
     assert combined["f1_images"] == pytest.approx((0.9 + 1.0 + 0.5) / 3)
     assert combined["infer_seconds_per_image"] == pytest.approx(2.0)
+
+
+def test_a_fold_short_of_epochs_is_named_and_an_even_run_is_not():
+    folds = [fold(k, {f"f{k}": 0.9}, fnro=0.1, seconds=850.0) for k in range(3)]
+    for one, epochs in zip(folds, (100, 97, 58), strict=True):  # fold 2 trained on a host at about half speed
+        one["epochs"] = epochs
+    combined = combine(folds)
+    assert (combined["epochs_min"], combined["epochs_max"]) == (58, 100)
+    warning = short_budget_warning(combined)
+    assert "fold2 58" in warning and "fold1" not in warning and "58-100" in warning
+    folds[2]["epochs"] = 90  # within 85 % of the most: one training length
+    assert short_budget_warning(combine(folds)) is None
+    del folds[0]["epochs"]  # a summary from before epochs were kept: no range, no warning
+    assert "epochs_min" not in combine(folds) and short_budget_warning(combine(folds)) is None
 
 
 def test_whole_field_folds_never_put_a_field_on_both_sides(tmp_path: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -108,7 +109,7 @@ def test_a_whole_field_run_goes_on_record_once_and_sums_up(tmp_path: Path):
         images = {f"EDF00{i}.png": {"nucleus_dice": d, "fold": i % 2} for i, d in enumerate(dice)}
         return {"images": images, "nucleus_dice": round(sum(dice) / len(dice), 4), "f1": 0.95, "fnro": 0.05,
                 "field_dice_min": min(dice), "n_extra": 3, "n_missed": 1, "train_seconds_max": 850.0,
-                "infer_seconds_per_image": 5.5}
+                "infer_seconds_per_image": 5.5, "epochs_min": 97}
 
     record = tmp_path / "fields_runs.csv"
     first = summary([0.90, 0.92, 0.94, 0.96])
@@ -118,6 +119,8 @@ def test_a_whole_field_run_goes_on_record_once_and_sums_up(tmp_path: Path):
     append(record_row(second, "default", "abc1235", "2026-12-02"), second, record)
     runs = read_runs(record)  # the record reads back, each mean the mean of its fields
     assert [run["nucleus_dice"] for run in runs] == [0.93, 0.93] and list(runs[0]["sources"])[0] == "EDF000"
+    with record.open(newline="") as handle:  # the fewest epochs a fold got is on record beside the means
+        assert [row["epochs_min"] for row in csv.DictReader(handle)] == ["97", "97"]
     with pytest.raises(ValueError, match="on record already"):
         append(record_row(second, "default", "abc1235", "2026-12-02"), second, record)
     with pytest.raises(ValueError, match="no per-field scores"):
@@ -129,6 +132,7 @@ def test_one_bench_real_run_over_whole_fields_goes_on_record_too():
 
     single = {"per_image": {"EDF000.png": {"nucleus_dice": 0.59}, "EDF004.png": {"nucleus_dice": 0.86}},
               "nucleus_dice": 0.725, "f1": 0.8, "fnro": 0.1, "n_extra": 5, "n_missed": 2, "train_seconds": 850.8,
-              "infer_seconds_per_image": 1.27}
+              "infer_seconds_per_image": 1.27, "epochs": 103}
     row = record_row(single, "synthetic fields only", "abc1234", "2026-12-01")
     assert (row["EDF000"], row["EDF004"], row["field_dice_min"], row["train_seconds_max"]) == (0.59, 0.86, 0.59, 850.8)
+    assert row["epochs_min"] == 103
