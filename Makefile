@@ -29,7 +29,7 @@ workers_flag   = $(if $(WORKERS),--workers $(WORKERS),)
 # pale-nucleus copies off.
 bench_prep_flag = $(if $(filter command environment,$(firstword $(origin PREP_FLAGS))),--prep-flags '$(PREP_FLAGS)',)
 
-.PHONY: help setup peers bench-peer lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-gpu bench-real bench-folds bench-runs train evaluate summary infer clean
+.PHONY: help setup peers bench-peer lint test prepare sample demo stats bench bench-prep bench-train bench-infer bench-gpu bench-gpu-folds device-pack bench-real bench-folds bench-runs train evaluate summary infer clean
 
 help:
 	@echo "make demo      set up, make the synthetic sample, prepare tiles, train demo_cpu, evaluate"
@@ -44,6 +44,7 @@ help:
 	@echo "make bench-train input pipeline vs in-memory, images/s, reference step time (last line: JSON)"
 	@echo "make bench-infer stitching vs bare predict, overlap/TTA cost, 8192² peak RSS (last line: JSON)"
 	@echo "make bench-gpu   reference model on a GPU, float32 vs mixed float16/bfloat16 (last line: JSON)"
+	@echo "make bench-gpu-folds  bench and reference models on the whole-field folds, any Keras backend (GPU work)"
 	@echo "make bench-real TRAIN_EDF=DIR TEST_EDF=DIR  train ≤15 min on CPU, score unseen images (last line: JSON)"
 	@echo "make bench-folds [FIELDS=DIR | TILES=DIR] [FOLDS=5] [OUT=DIR [RESUME=1]]  bench-real on every fold (JSON)"
 	@echo "make bench-peer TRAIN_EDF=DIR TEST_EDF=DIR  StarDist 2D beside our model, same fields and budget (JSON)"
@@ -144,6 +145,23 @@ bench-infer: $(STAMP)
 # TILES=DIR: a folder with images/ and masks/ (default ../shared/data/edf-real/tiles).
 bench-gpu: $(STAMP)
 	$(BIN)/python bench/bench_gpu.py $(if $(TILES),--tiles $(TILES),)
+
+# The whole-field folds on any Keras backend, numpy input (no tf.data): issue 29's GPU run. MODELS: --model specs
+# separated by | (bench/bench_gpu_folds.py --help). On a lent GPU machine without TensorFlow: make device-pack here,
+# then bash bench/device_folds.sh there (carry .device).
+GPU_MODELS ?= configs/bench_cpu.config steps=5000|configs/edf_cervical.config seconds=45 folds=0,1,2 train.batch_size=8
+bench-gpu-folds: $(STAMP)
+	MODELS="$(GPU_MODELS)" FIELDS="$(FIELDS)" bash bench/device_folds.sh --local
+
+# What bench/device_folds.sh needs on a machine that has JAX but neither Keras nor ../shared: the fields and the
+# wheels of Keras (this venv's version) and the two packages it needs that such a machine lacks, in .device/.
+device-pack: $(STAMP)
+	rm -rf .device && mkdir -p .device/fields .device/whl
+	cp $(FIELDS)/EDF*.png .device/fields/
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .device/whl keras==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("keras"))') namex optree
+	@du -sh .device
 
 # Real-data quality: TRAIN_EDF and TEST_EDF are ISBI-layout folders with disjoint source images.
 # Leave-sources-out folds from the real tiles: $(BIN)/python bench/make_folds.py --tiles DIR --out DIR

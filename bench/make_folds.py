@@ -96,6 +96,16 @@ def make_folds(tiles: Path, out: Path, folds: int, field_grid: int = 2, overwrit
     return summary
 
 
+def field_fold_plan(names: list[str], folds: int) -> list[dict]:
+    """Folds of whole fields: fold k holds out every ``folds``-th field from the k-th in name order, trains on the
+    rest (with 10 fields and 5 folds: EDF000 and EDF005 in fold 0, …). No field is on both sides of a fold."""
+    names = sorted(names)
+    if len(names) < folds:
+        raise ValueError(f"{len(names)} fields cannot make {folds} folds")
+    return [{"fold": k, "test_sources": names[k::folds],
+             "train_sources": [name for name in names if name not in names[k::folds]]} for k in range(folds)]
+
+
 def make_field_folds(fields: Path, out: Path, folds: int, overwrite: bool = False) -> list[dict]:
     """Folds of whole fields (ISBI pairs in ``fields``), written into ``out`` atomically as make_folds does."""
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -104,24 +114,21 @@ def make_field_folds(fields: Path, out: Path, folds: int, overwrite: bool = Fals
         refs = discover_png_pairs(fields)
     except InputError as err:
         raise ValueError(str(err)) from None
-    names = [ref.name for ref in refs]
-    if len(names) < folds:
-        raise ValueError(f"{fields}: {len(names)} fields cannot make {folds} folds")
+    try:
+        plan = field_fold_plan([ref.name for ref in refs], folds)
+    except ValueError as err:
+        raise ValueError(f"{fields}: {err}") from None
     by_name = {ref.name: ref for ref in refs}
-    summary = []
     # out is missing, empty, or overwrite was asked for (checked above)
     with atomic_output(out, overwrite=True) as temp:
-        for k in range(folds):
-            test_fields = names[k::folds]
-            train_fields = [name for name in names if name not in test_fields]
-            for side, members in (("test", test_fields), ("train", train_fields)):
-                folder = temp / f"fold{k}" / side
+        for fold in plan:
+            for side in ("test", "train"):
+                folder = temp / f"fold{fold['fold']}" / side
                 folder.mkdir(parents=True)
-                for name in members:
+                for name in fold[f"{side}_sources"]:
                     shutil.copyfile(by_name[name].image_path, folder / f"{name}.png")
                     shutil.copyfile(by_name[name].mask_path, folder / f"{name}_GT.png")
-            summary.append({"fold": k, "test_sources": test_fields, "train_sources": train_fields})
-    return summary
+    return plan
 
 
 @click.command()

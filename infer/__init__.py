@@ -1,1 +1,2 @@
-"""infer: full-size prediction by Gaussian-weighted tile stitching. Not implemented yet: issue #4."""
+"""infer: full-size prediction (one whole pass or Gaussian-weighted stitched tiles) into masks, instance labels,
+tables, GeoJSON and overlays."""

@@ -1,1 +1,1 @@
-"""train: FlexUNet on the prep tile dataset (reference-config compatible). Not implemented yet: issue #3."""
+"""train: FlexUNet fitted on the prep tile dataset from a reference-compatible INI config, and evaluated."""
