@@ -34,8 +34,11 @@ def record_row(summary: dict, variant: str, code: str, date: str) -> dict:
     if not images:
         raise ValueError("the summary has no per-field scores ('images' or 'per_image'): is it a whole-field run?")
     fields = {Path(name).stem: scores["nucleus_dice"] for name, scores in sorted(images.items())}
+    folds = summary.get("folds") or []
     single = {"field_dice_min": min(fields.values()), "train_seconds_max": summary.get("train_seconds"),
-              "epochs_min": summary.get("epochs")}
+              # a summary from before bench-folds kept the range: its folds still say how many epochs each had
+              "epochs_min": (min(fold["epochs"] for fold in folds) if folds and all("epochs" in f for f in folds)
+                             else summary.get("epochs"))}
     means = {key: summary.get(key, single.get(key)) for key in MEANS}
     return {"date": date, "code": code, "variant": variant, **fields,
             **{key: value for key, value in means.items() if value is not None}}

@@ -123,6 +123,9 @@ def test_a_whole_field_run_goes_on_record_once_and_sums_up(tmp_path: Path):
         assert [row["epochs_min"] for row in csv.DictReader(handle)] == ["97", "97"]
     with pytest.raises(ValueError, match="on record already"):
         append(record_row(second, "default", "abc1235", "2026-12-02"), second, record)
+    older = {key: value for key, value in summary([0.9] * 4).items() if key != "epochs_min"}
+    older["folds"] = [{"epochs": 54}, {"epochs": 44}]
+    assert record_row(older, "default", "x", "2026-12-01")["epochs_min"] == 44  # from its folds
     with pytest.raises(ValueError, match="no per-field scores"):
         record_row({"nucleus_dice": 0.9}, "default", "x", "2026-12-01")
 
