@@ -149,20 +149,29 @@ def _reflect(indices: np.ndarray, length: int) -> np.ndarray:
     return np.where(folded < length, folded, period - folded)
 
 
-def training_fields(names: list[str], refs: dict, config) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each training field as the model sees it (its channels, uint8) with its nucleus mask, and its pale copies."""
-    from infer.run import model_input
+def read_fields(refs: dict) -> dict[str, tuple[tuple[np.ndarray, ...], np.ndarray]]:
+    """Each field read once for the whole run: its RGB image and pale copies, and its nucleus mask. A field trains in
+    all folds but its own, for every model, and the copies' inpainting is the costly part."""
     from prep.augment import fade_nuclei
     from prep.imageio import read_image
     from prep.truth import read_truth
 
-    fields = []
-    for name in names:
-        rgb = read_image(refs[name].image_path)
-        nucleus = read_truth(refs[name].mask_path).mask
-        for image in (rgb, *(fade_nuclei(rgb, nucleus, factor) for factor in PALE_FACTORS)):
-            fields.append((model_input(image, config), nucleus))
+    fields = {}
+    for name, ref in refs.items():
+        rgb = read_image(ref.image_path)
+        nucleus = read_truth(ref.mask_path).mask
+        images = (rgb, *(fade_nuclei(rgb, nucleus, factor) for factor in PALE_FACTORS))
+        for array in (*images, nucleus):  # shared by every fold and model: nothing may write into them
+            array.setflags(write=False)
+        fields[name] = (images, nucleus)
     return fields
+
+
+def training_fields(names: list[str], fields: dict, config) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each training field and its pale copies as the model sees them (its channels, uint8), with the nucleus mask."""
+    from infer.run import model_input
+
+    return [(model_input(image, config), fields[name][1]) for name in names for image in fields[name][0]]
 
 
 def batch_maker(fields, config, seed: int):
@@ -279,12 +288,10 @@ class FoldTrainer:
         return figures
 
 
-def score_fields(model, config, names: list[str], refs: dict) -> dict:
+def score_fields(model, config, names: list[str], fields: dict, refs: dict) -> dict:
     """Each held-out field predicted whole with infer's recommended preset and scored as bench-folds scores it."""
     from infer.cli import options_from
     from infer.run import make_predictor, predict_image
-    from prep.imageio import read_image
-    from prep.truth import read_truth
     from train.scores import pool_scores
 
     options = options_from(config, overlap=0.25, tta=None, tta_mode=None, batch_size=4, mode=None, threshold=0.5,
@@ -293,8 +300,7 @@ def score_fields(model, config, names: list[str], refs: dict) -> dict:
     predict_batch = make_predictor(model)
     per_field, scores = {}, []
     for name in names:
-        rgb = read_image(refs[name].image_path)
-        truth = read_truth(refs[name].mask_path).mask
+        (rgb, *_pale), truth = fields[name]
         result = predict_image(refs[name].image_path, rgb, truth, config, predict_batch, options)
         scores.append(result.scores)
         s = result.scores
@@ -350,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
             plan = field_fold_plan(list(refs), args.folds)
         except ValueError as err:
             raise ValueError(f"--fields {args.fields}: {err} (--folds)") from None
-        chosen = (sorted({int(k) for k in args.only.split(",")}) if args.only else [f["fold"] for f in plan])
+        try:
+            chosen = (sorted({int(k) for k in args.only.split(",")}) if args.only else [f["fold"] for f in plan])
+        except ValueError:
+            raise ValueError(f"--only {args.only!r}: expected fold numbers, e.g. 0,1") from None
         for wanted, what in [(chosen, f"--only {args.only}"),
                              *((spec.folds, f"--model {spec.name!r} folds=") for spec in specs if spec.folds)]:
             if not set(wanted) <= {f["fold"] for f in plan}:
@@ -361,14 +370,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out} exists: give a new file")
     device = device_name()
     print(f"bench-gpu-folds on {device}: {len(refs)} fields, folds {chosen}, {len(specs)} model(s)", flush=True)
+    fields = read_fields(refs)
     results = {spec.name: [] for spec in specs}
     for spec, config in zip(specs, configs, strict=True):
         trainer = FoldTrainer(spec, config, args.precision)
         model = trainer.model
         for fold in (f for f in plan if f["fold"] in chosen and (spec.folds is None or f["fold"] in spec.folds)):
             print(f"{spec.name}: fold {fold['fold']} (held out {' '.join(fold['test_sources'])})", flush=True)
-            figures = trainer.train(training_fields(fold["train_sources"], refs, config), log=print)
-            scores = score_fields(model, config, fold["test_sources"], refs)
+            figures = trainer.train(training_fields(fold["train_sources"], fields, config), log=print)
+            scores = score_fields(model, config, fold["test_sources"], fields, refs)
             row = {"model": spec.name, "fold": fold["fold"], "device": device, "precision": args.precision,
                    "parameters": int(model.count_params()), **figures, **scores}
             results[spec.name].append(row)

@@ -126,6 +126,10 @@ def test_a_bad_model_spec_stops_before_anything_trains(tmp_path):
     too_many = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu_folds.py"), "--fields", str(fields),
                                "--model", f"{DEMO_CONFIG} steps=4"], capture_output=True, text=True, timeout=120)
     assert too_many.returncode == 2 and f"--fields {fields}: 2 fields cannot make 5 folds (--folds)" in too_many.stderr
+    bad_only = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu_folds.py"), "--fields", str(fields),
+                               "--folds", "2", "--only", "0,x", "--model", f"{DEMO_CONFIG} steps=4"],
+                              capture_output=True, text=True, timeout=120)
+    assert bad_only.returncode == 2 and "--only '0,x': expected fold numbers" in bad_only.stderr
     no_fold = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu_folds.py"), "--fields", str(fields),
                               "--folds", "2", "--model", f"{DEMO_CONFIG} steps=4 folds=0,7"],
                              capture_output=True, text=True, timeout=120)
