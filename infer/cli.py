@@ -123,6 +123,9 @@ def _finite(ctx, param, value):
 @click.option("--split-touching", is_flag=True,
               help="Split touching nuclei (distance-transform watershed), in the mask (a background line between "
                    "them), labels, GeoJSON and nuclei.csv alike.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True, callback=_finite,
+              help="Drop a predicted nucleus whose mean nucleus probability is below this (0: keep every one); "
+                   "its outline is --threshold's.")
 @click.option("--labels/--no-labels", "write_labels", default=True, show_default=True,
               help="labels/<name>.png: 16-bit instance ids (0 = background), the id column of nuclei.csv.")
 @click.option("--geojson/--no-geojson", "write_geojson", default=True, show_default=True,
@@ -142,7 +145,8 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
         tta_mode: str | None, precision: str | None, xla: bool, batch_size: int, save_prob: bool,
         gt_dir: Path | None, dataset_path: Path | None, split: str,
         mode: str, threshold: float, min_area: int, fill_holes: bool, exclude_border: bool,
-        field_edges_path: Path | None, split_touching: bool, write_labels: bool, write_geojson: bool, max_pixels: int,
+        field_edges_path: Path | None, split_touching: bool, min_confidence: float, write_labels: bool,
+        write_geojson: bool, max_pixels: int,
         shard: tuple[int, int] | None, overwrite: bool, progress: bool) -> None:
     """Predict full-size nucleus masks: mask PNG (same size, 0/255), overlays/, predictions.csv, nuclei.csv,
     and with --gt scores.csv."""
@@ -209,7 +213,8 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
         options = options_from(config, preset=preset, overlap=overlap, tta=tta, tta_mode=tta_mode,
                                batch_size=batch_size, save_prob=save_prob, mode=mode, threshold=threshold,
                                min_area=min_area, fill_holes=fill_holes, exclude_border=exclude_border,
-                               field_edges=field_edges, split_touching=split_touching, write_labels=write_labels,
+                               field_edges=field_edges, split_touching=split_touching, min_confidence=min_confidence,
+                               write_labels=write_labels,
                                write_geojson=write_geojson, max_pixels=max_pixels, precision=precision, xla=xla)
         model = load_trained(config, (None, None) if options.mode == "whole" else None, precision=options.precision,
                              jit_compile=options.xla)
@@ -248,7 +253,8 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
 
 def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | None, batch_size: int, mode: str | None,
                  threshold: float, min_area: int | None, fill_holes: bool | None, exclude_border: bool | None,
-                 split_touching: bool, save_prob: bool = False, field_edges=None, write_labels: bool = True,
+                 split_touching: bool, min_confidence: float = 0.0, save_prob: bool = False, field_edges=None,
+                 write_labels: bool = True,
                  write_geojson: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, preset: str = "recommended",
                  precision: str | None = None, xla: bool = False, **_ignored):
     """InferOptions from the CLI's values, each one not given (None) taken from ``preset`` (the benches parse flags
@@ -263,7 +269,8 @@ def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | No
                         tta=int(chosen["tta_mode"]) if chosen["tta"] else 0, batch_size=batch_size,
                         save_prob=save_prob, mode=chosen["mode"], threshold=threshold, min_area=chosen["min_area"],
                         fill_holes=chosen["fill_holes"], exclude_border=chosen["exclude_border"],
-                        field_edges=field_edges or {}, split_touching=split_touching, labels=write_labels,
+                        field_edges=field_edges or {}, split_touching=split_touching,
+                        min_confidence=min_confidence, labels=write_labels,
                         geojson=write_geojson, max_pixels=max_pixels, precision=chosen["precision"], xla=xla)
 
 

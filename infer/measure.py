@@ -236,6 +236,31 @@ def separate_touching(labels: np.ndarray) -> np.ndarray:
     return separated
 
 
+def drop_unconfident(labels: np.ndarray, probability: np.ndarray, min_confidence: float) -> np.ndarray:
+    """The labels without the nuclei whose mean ``probability`` (HxW: floats in 0..1, or uint8 0..255 read as
+    k/255) is below ``min_confidence``; the kept ids are renumbered 1, 2, … in their old order. A blob the model
+    is unsure of all over is dropped whole; its outline is not moved (that is what --threshold does)."""
+    labels = np.asarray(labels)
+    probability = np.asarray(probability)
+    if probability.shape != labels.shape:
+        raise ValueError(f"probability shape {probability.shape} does not match the labels' {labels.shape}")
+    if labels.size == 0 or int(labels.max()) == 0:
+        return labels.copy()
+    size = int(labels.max()) + 1
+    flat_index = np.flatnonzero(labels)
+    ids = labels.reshape(-1)[flat_index].astype(np.intp)
+    values = probability.reshape(-1)[flat_index].astype(np.float64)
+    if probability.dtype == np.uint8:
+        values /= 255.0
+    count = np.bincount(ids, None, size)
+    mean = np.bincount(ids, values, size) / np.maximum(count, 1)
+    keep = (count > 0) & (mean >= min_confidence)
+    keep[0] = False
+    renumber = np.zeros(size, labels.dtype)
+    renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
+    return renumber[labels]
+
+
 def _grey_values(image: np.ndarray, flat_index: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Grey level (float64) of the image at the given flat pixel indices; colour is the mean over channels."""
     image = np.asarray(image)

@@ -44,6 +44,7 @@ class InferOptions:
     # Images that are tiles of a larger field: which of their edges are the field's (others: all four).
     field_edges: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     split_touching: bool = False
+    min_confidence: float = 0.0  # drop nuclei whose mean probability is below this (0: keep all)
     weighting: str = "gaussian"
     labels: bool = True  # labels/<stem>.png, 16-bit instance ids
     geojson: bool = True  # geojson/<stem>.geojson, one polygon per nucleus (QuPath)
@@ -255,7 +256,14 @@ def predict_image(path: Path, rgb: np.ndarray, truth: np.ndarray | None, config:
                   options: InferOptions, probability_out=None) -> ImageResult:
     """One image: probabilities → mask → clean-up → labels → measurements → scores (no file written but the
     streamed ``probability_out``)."""
-    from infer.measure import EDGES, clean_mask, label_nuclei, measure_nuclei, separate_touching
+    from infer.measure import (
+        EDGES,
+        clean_mask,
+        drop_unconfident,
+        label_nuclei,
+        measure_nuclei,
+        separate_touching,
+    )
     from infer.stitch import count_tiles
     from train.scores import score_masks
 
@@ -272,6 +280,9 @@ def predict_image(path: Path, rgb: np.ndarray, truth: np.ndarray | None, config:
     labels = label_nuclei(mask, options.split_touching)
     if options.split_touching:  # mask, labels, GeoJSON and table show the same split nuclei
         labels = separate_touching(labels)
+        mask = labels > 0
+    if options.min_confidence > 0:
+        labels = drop_unconfident(labels, confidence, options.min_confidence)
         mask = labels > 0
     nuclei = measure_nuclei(labels, rgb, confidence)
     row = {"file": path.name, "status": "ok", "height": height, "width": width,

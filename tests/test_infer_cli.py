@@ -154,6 +154,34 @@ def test_exclude_border_drops_exactly_the_nuclei_cut_by_the_edge(project: Path, 
     assert kept_more  # some nucleus on an inner edge was kept this time
 
 
+def test_min_confidence_drops_exactly_the_nuclei_whose_mean_probability_is_below_it(project: Path, tmp_path: Path):
+    from infer.measure import drop_unconfident, label_nuclei
+
+    common = ["--config", project, "--input", project.parent / "images", "--threshold", "0.45", "--no-geojson",
+              "--no-progress"]
+    assert invoke(*common, "--output", tmp_path / "all", "--save-prob").exit_code == 0
+    means = [float(row["mean_probability"]) for row in read_csv(tmp_path / "all" / "nuclei.csv")]
+    bar = float(np.median(means))  # half the nuclei on each side
+    result = invoke(*common, "--output", tmp_path / "sure", "--min-confidence", bar)
+    assert result.exit_code == 0, result.output
+    dropped = 0
+    for height, width in SIZES:
+        name = f"EDF{height}x{width}"
+        everything = cv2.imread(str(tmp_path / "all" / f"{name}.png"), cv2.IMREAD_GRAYSCALE) > 0
+        probability = np.load(tmp_path / "all" / "probabilities" / f"{name}.npy")
+        confidence = np.rint(np.clip(probability, 0, 1) * 255).astype(np.uint8)  # as infer measures it
+        expected = drop_unconfident(label_nuclei(everything), confidence, bar) > 0
+        sure = cv2.imread(str(tmp_path / "sure" / f"{name}.png"), cv2.IMREAD_GRAYSCALE) > 0
+        np.testing.assert_array_equal(sure, expected)
+        dropped += int(everything.sum() > sure.sum())
+    assert dropped  # the bar did drop nuclei
+    kept = read_csv(tmp_path / "sure" / "nuclei.csv")
+    assert kept and all(float(row["mean_probability"]) >= bar - 1e-6 for row in kept)
+    assert len(kept) < len(means)
+    record = json.loads((tmp_path / "sure" / "infer.json").read_text())
+    assert record["options"]["min_confidence"] == pytest.approx(bar)
+
+
 def test_field_edges_table_errors_name_the_file_line_and_flag(project: Path, tmp_path: Path):
     common = ["--config", project, "--input", project.parent / "images", "--no-geojson", "--no-progress"]
     table = tmp_path / "edges.csv"
@@ -271,7 +299,7 @@ def test_an_output_is_never_the_input_nor_a_file(project: Path, tmp_path: Path):
     assert tree_digest(tmp_path) == before and not (images / "out").exists()
 
 
-@pytest.mark.parametrize("flag", ["--overlap", "--threshold"])
+@pytest.mark.parametrize("flag", ["--overlap", "--threshold", "--min-confidence"])
 def test_nan_options_are_refused(project: Path, tmp_path: Path, flag: str):
     result = invoke("--config", project, flag, "nan", "--output", tmp_path / "out", "--no-progress")
     assert result.exit_code == 2 and flag in result.output and "finite" in result.output

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from infer.measure import MEASUREMENT_COLUMNS, clean_mask, draw_overlay, label_nuclei, measure_nuclei
+from infer.measure import (
+    MEASUREMENT_COLUMNS,
+    clean_mask,
+    draw_overlay,
+    drop_unconfident,
+    label_nuclei,
+    measure_nuclei,
+)
 from tests.conftest import REAL
 
 EDF100 = REAL / "isbi" / "EDF" / "EDF100.png"
@@ -352,3 +359,31 @@ def test_overlay_in_place_draws_the_same_on_the_image_itself():
     drawn = draw_overlay(image, mask, in_place=True)
     assert drawn is image
     np.testing.assert_array_equal(drawn, copied)
+
+
+def test_drop_unconfident_removes_whole_nuclei_below_the_mean_and_renumbers_in_order():
+    labels = np.zeros((40, 60), np.int32)
+    labels[2:10, 2:10] = 1  # mean 0.9: kept
+    labels[2:10, 20:30] = 2  # mean 0.6 (half 0.95, half 0.25): dropped, though part of it is sure
+    labels[20:30, 5:15] = 3  # mean just above the bar: kept
+    labels[20:30, 40:50] = 4  # mean 0.55: dropped
+    probability = np.zeros(labels.shape, np.float32)
+    probability[labels == 1] = 0.9
+    probability[2:10, 20:25] = 0.95
+    probability[2:10, 25:30] = 0.25
+    probability[labels == 3] = 0.72
+    probability[labels == 4] = 0.55
+    kept = drop_unconfident(labels, probability, 0.7)
+    assert kept.dtype == labels.dtype
+    np.testing.assert_array_equal(kept == 1, labels == 1)
+    np.testing.assert_array_equal(kept == 2, labels == 3)  # renumbered, old order kept
+    assert kept.max() == 2 and not kept[labels == 2].any() and not kept[labels == 4].any()
+    # uint8 confidences are read as k/255, as measure_nuclei reads them
+    as_uint8 = np.rint(probability * 255).astype(np.uint8)
+    np.testing.assert_array_equal(drop_unconfident(labels, as_uint8, 0.69), kept)
+    # a bar of 0 keeps every nucleus; the input is never changed
+    np.testing.assert_array_equal(drop_unconfident(labels, probability, 0.0), labels)
+    assert labels.max() == 4
+    np.testing.assert_array_equal(drop_unconfident(np.zeros((3, 3), np.int32), np.ones((3, 3)), 0.5), 0)
+    with pytest.raises(ValueError, match="does not match"):
+        drop_unconfident(labels, probability[:-1], 0.5)
