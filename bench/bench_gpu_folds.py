@@ -17,8 +17,8 @@ field (`prep.augment.fade_nuclei`, `bench_real.DEFAULT_PREP_FLAGS`' factors). Wh
 whole 1024² fields rather than from prep's 512² tiles, there is no validation split (bench-real's only drew curves;
 a config whose schedule is the plateau reducer, as the reference's, so trains at its constant learning rate), and
 the compute precision is --precision's for every model. The held-out fields are predicted whole with infer's
-recommended preset (2 views, min area 30, holes filled, edge objects dropped) and scored with train.scores, as
-bench-folds scores them.
+recommended preset (2 views, min area 30, holes filled, edge objects and unsure ones dropped) and scored with
+train.scores, as bench-folds scores them.
 
 Per model and fold it reports the training seconds and steps, the images per second (crops through the network in
 training), the first step's seconds (compilation), the infer seconds per field, and each held-out field's nucleus

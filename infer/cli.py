@@ -18,13 +18,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see train/cli.py
 
 
 # infer's defaults: the settings measured best on the whole-field folds (docs/results.md: the fastest within
-# 0.005 nucleus Dice and 0.01 object F1 of eight-view TTA on tiles, in every run). Each flag given overrides its
-# preset value; --preset bare is the reference's plain prediction (stitched tiles, no TTA, no clean-up).
+# 0.005 nucleus Dice and 0.01 object F1 of eight-view TTA on tiles, in every run; the min-confidence bar by the
+# clean-up round 1 rule). Each flag given overrides its preset value; --preset bare is the reference's plain
+# prediction (stitched tiles, no TTA, no clean-up).
 PRESETS = {
     "recommended": {"mode": "whole", "tta": True, "tta_mode": "2", "precision": "auto", "min_area": 30,
-                    "fill_holes": True, "exclude_border": True},
+                    "fill_holes": True, "exclude_border": True, "min_confidence": 0.85},
     "bare": {"mode": "full", "tta": False, "tta_mode": "4", "precision": "float32", "min_area": 0,
-             "fill_holes": False, "exclude_border": False},
+             "fill_holes": False, "exclude_border": False, "min_confidence": 0.0},
 }
 PRESET_KEYS = tuple(PRESETS["recommended"])
 
@@ -40,7 +41,8 @@ def preset_text(name: str) -> str:
     flags = [f"--mode {values['mode']}", f"--tta --tta-mode {values['tta_mode']}" if values["tta"] else "--no-tta",
              f"--precision {values['precision']}", f"--min-area {values['min_area']}",
              "--fill-holes" if values["fill_holes"] else "--no-fill-holes",
-             "--exclude-border" if values["exclude_border"] else "--keep-border"]
+             "--exclude-border" if values["exclude_border"] else "--keep-border",
+             f"--min-confidence {values['min_confidence']:g}"]
     return " ".join(flags)
 
 
@@ -123,9 +125,11 @@ def _finite(ctx, param, value):
 @click.option("--split-touching", is_flag=True,
               help="Split touching nuclei (distance-transform watershed), in the mask (a background line between "
                    "them), labels, GeoJSON and nuclei.csv alike.")
-@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True, callback=_finite,
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None, show_default="by --preset",
+              callback=_finite,
               help="Drop a predicted nucleus whose mean nucleus probability is below this (0: keep every one); "
-                   "its outline is --threshold's.")
+                   "its outline is --threshold's. Most of the objects the ISBI ground truth leaves out are ones the "
+                   "model is less sure of.")
 @click.option("--labels/--no-labels", "write_labels", default=True, show_default=True,
               help="labels/<name>.png: 16-bit instance ids (0 = background), the id column of nuclei.csv.")
 @click.option("--geojson/--no-geojson", "write_geojson", default=True, show_default=True,
@@ -145,7 +149,7 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
         tta_mode: str | None, precision: str | None, xla: bool, batch_size: int, save_prob: bool,
         gt_dir: Path | None, dataset_path: Path | None, split: str,
         mode: str, threshold: float, min_area: int, fill_holes: bool, exclude_border: bool,
-        field_edges_path: Path | None, split_touching: bool, min_confidence: float, write_labels: bool,
+        field_edges_path: Path | None, split_touching: bool, min_confidence: float | None, write_labels: bool,
         write_geojson: bool, max_pixels: int,
         shard: tuple[int, int] | None, overwrite: bool, progress: bool) -> None:
     """Predict full-size nucleus masks: mask PNG (same size, 0/255), overlays/, predictions.csv, nuclei.csv,
@@ -253,7 +257,7 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
 
 def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | None, batch_size: int, mode: str | None,
                  threshold: float, min_area: int | None, fill_holes: bool | None, exclude_border: bool | None,
-                 split_touching: bool, min_confidence: float = 0.0, save_prob: bool = False, field_edges=None,
+                 split_touching: bool, min_confidence: float | None = None, save_prob: bool = False, field_edges=None,
                  write_labels: bool = True,
                  write_geojson: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, preset: str = "recommended",
                  precision: str | None = None, xla: bool = False, **_ignored):
@@ -262,7 +266,7 @@ def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | No
     from infer.run import InferOptions
 
     given = {"mode": mode, "tta": tta, "tta_mode": tta_mode, "precision": precision, "min_area": min_area,
-             "fill_holes": fill_holes, "exclude_border": exclude_border}
+             "fill_holes": fill_holes, "exclude_border": exclude_border, "min_confidence": min_confidence}
     chosen = {key: preset_value(preset, key, value) for key, value in given.items()}
     m = config.model
     return InferOptions(multiple=m.downsample * 2 ** (m.num_layers - 1), overlap=overlap,
@@ -270,7 +274,7 @@ def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | No
                         save_prob=save_prob, mode=chosen["mode"], threshold=threshold, min_area=chosen["min_area"],
                         fill_holes=chosen["fill_holes"], exclude_border=chosen["exclude_border"],
                         field_edges=field_edges or {}, split_touching=split_touching,
-                        min_confidence=min_confidence, labels=write_labels,
+                        min_confidence=chosen["min_confidence"], labels=write_labels,
                         geojson=write_geojson, max_pixels=max_pixels, precision=chosen["precision"], xla=xla)
 
 

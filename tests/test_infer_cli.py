@@ -363,9 +363,10 @@ def test_defaults_are_the_documented_recommended_preset(project: Path, tmp_path:
     options = record["options"]
     assert record["preset"] == "recommended"
     recommended = PRESETS["recommended"]
-    assert (options["mode"], options["tta"], options["min_area"], options["fill_holes"], options["exclude_border"]) == (
+    assert (options["mode"], options["tta"], options["min_area"], options["fill_holes"], options["exclude_border"],
+            options["min_confidence"]) == (
         recommended["mode"], int(recommended["tta_mode"]) if recommended["tta"] else 0, recommended["min_area"],
-        recommended["fill_holes"], recommended["exclude_border"])
+        recommended["fill_holes"], recommended["exclude_border"], recommended["min_confidence"])
     documented = (REPO / "README.md").read_text(encoding="utf-8")
     assert preset_text("recommended") in documented  # the README names the flags the defaults stand for
     given = invoke("--config", project, "--min-area", "0", "--no-tta", "--output", tmp_path / "own", "--no-geojson",
@@ -373,6 +374,7 @@ def test_defaults_are_the_documented_recommended_preset(project: Path, tmp_path:
     assert given.exit_code == 0, given.output
     own = json.loads((tmp_path / "own" / "infer.json").read_text())["options"]
     assert (own["min_area"], own["tta"], own["mode"]) == (0, 0, recommended["mode"])  # a flag beats its preset
+    assert own["min_confidence"] == recommended["min_confidence"] > 0
 
 
 def test_shards_cover_every_input_once_and_merge_into_the_single_run(project: Path, tmp_path: Path):
