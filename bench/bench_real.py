@@ -124,6 +124,9 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
                      "--output", str(out / "infer"), "--overwrite", "--no-progress", *infer_flags])
     summary = summarise(out, train_seconds, out / ("synth-dataset" if synth_only else "dataset"))
     summary["infer_flags"] = " ".join(infer_flags)
+    # What the flags came to (a preset's meaning changes when a rule changes it): infer's own record of its options.
+    options = json.loads((out / "infer" / "infer.json").read_text())["options"]
+    summary["infer_options"] = {key: value for key, value in options.items() if key != "field_edges"}
     summary["synth_images"] = synth
     summary["valid_on"] = valid_on
     summary["prep_flags"] = shlex.join(prep_flags)

@@ -57,8 +57,11 @@ def test_tiny_bench_real_reports_scores_on_the_held_out_images(tmp_path: Path):
     train_edf, test_edf, config = tiny_bench_inputs(tmp_path, train_count=4, test_count=2, test_size=(100, 140))
     (test_edf / "field_edges.csv").write_text("file,field_edges\nEDF001.png,\n")  # an inner tile; EDF000 a field
     summary = bench_real(train_edf, test_edf, tmp_path / "out", config, [],
-                         ["--tta", "--min-area", "5", "--exclude-border"])
+                         ["--tta", "--min-area", "5", "--min-confidence", "0", "--exclude-border"])
     assert summary["infer_flags"].endswith(f"--exclude-border --field-edges {test_edf / 'field_edges.csv'}")
+    options = summary["infer_options"]  # what the flags came to, the preset's values filled in
+    assert (options["min_area"], options["min_confidence"], options["mode"], options["exclude_border"]) == (
+        5, 0.0, "whole", True)
     whole_field = cv2.imread(str(tmp_path / "out" / "infer" / "EDF000.png"), cv2.IMREAD_GRAYSCALE) > 0
     assert not (whole_field[0].any() or whole_field[-1].any() or whole_field[:, 0].any() or whole_field[:, -1].any())
     for key in ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1"):
