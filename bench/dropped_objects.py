@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import click  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_folds import centred_crops, montage  # noqa: E402
+from bench_folds import centred_crops, lone_objects, montage  # noqa: E402
 from error_census import CROP, run_fields  # noqa: E402
 
 KINDS = ("extra", "nucleus")
@@ -32,21 +32,14 @@ KINDS = ("extra", "nucleus")
 def dropped_objects(before: np.ndarray, after: np.ndarray, truth: np.ndarray) -> list[tuple[str, int, tuple[int, int]]]:
     """(kind, area px, (x, y) centre) of each 8-connected object of ``before`` that has no pixel in ``after``:
     kind "extra" when it touches no pixel of ``truth``, else "nucleus"."""
-    from scipy import ndimage
-
     before, after, truth = (np.asarray(a, bool) for a in (before, after, truth))
     if not before.shape == after.shape == truth.shape:
         raise ValueError(f"shapes differ: before {before.shape}, after {after.shape}, truth {truth.shape}")
-    labels, count = ndimage.label(before, structure=np.ones((3, 3)))
-    if not count:
+    labels, dropped = lone_objects(before, after)  # an object with no pixel in after is a lone one
+    if not dropped:
         return []
-    kept = np.bincount(labels[after & (labels > 0)], minlength=count + 1) > 0
-    touches = np.bincount(labels[truth & (labels > 0)], minlength=count + 1) > 0
-    areas = np.bincount(labels.ravel(), minlength=count + 1)
-    centres = ndimage.center_of_mass(before, labels, range(1, count + 1))
-    return [("nucleus" if touches[i] else "extra", int(areas[i]), (round(x), round(y)))
-            for i, (y, x) in enumerate(centres, start=1) if not kept[i]]
-
+    touches = np.bincount(labels[truth & (labels > 0)], minlength=int(labels.max()) + 1) > 0
+    return [("nucleus" if touches[label_id] else "extra", area, centre) for label_id, area, centre in dropped]
 
 def census(runs: list[Path], before: str, after: str, crops: list | None = None) -> dict:
     """Per run: how many objects ``after`` dropped of each kind, per field and in all; with ``crops``, each
