@@ -236,6 +236,28 @@ def separate_touching(labels: np.ndarray) -> np.ndarray:
     return separated
 
 
+def label_means(labels: np.ndarray, maps: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Pixel count per label id (0..max) and, for each map (HxW, or HxWxC read as grey: ``_grey_values``), its
+    mean under each label (0 where a label has no pixel; id 0, the background, counts none). Sums run band by
+    band, so memory stays bounded by the band on a large scan."""
+    labels = np.asarray(labels)
+    size = int(labels.max()) + 1 if labels.size else 1
+    width = labels.shape[1]
+    count = np.zeros(size)
+    sums = np.zeros((len(maps), size))
+    for y0 in range(0, labels.shape[0], MOMENT_BAND_ROWS):
+        band = labels[y0 : y0 + MOMENT_BAND_ROWS]
+        flat_index = np.flatnonzero(band)
+        if flat_index.size == 0:
+            continue
+        ids = band.reshape(-1)[flat_index].astype(np.intp)
+        count += np.bincount(ids, None, size)
+        for row, values in enumerate(maps):
+            grey = _grey_values(values[y0 : y0 + MOMENT_BAND_ROWS], flat_index, (band.shape[0], width))
+            sums[row] += np.bincount(ids, grey, size)
+    return count, list(sums / np.maximum(count, 1.0))
+
+
 def drop_unconfident(labels: np.ndarray, probability: np.ndarray, min_confidence: float) -> np.ndarray:
     """The labels without the nuclei whose mean ``probability`` (HxW: floats in 0..1, or uint8 0..255 read as
     k/255) is below ``min_confidence``; the kept ids are renumbered 1, 2, … in their old order. A blob the model
@@ -246,17 +268,12 @@ def drop_unconfident(labels: np.ndarray, probability: np.ndarray, min_confidence
         raise ValueError(f"probability shape {probability.shape} does not match the labels' {labels.shape}")
     if labels.size == 0 or int(labels.max()) == 0:
         return labels.copy()
-    size = int(labels.max()) + 1
-    flat_index = np.flatnonzero(labels)
-    ids = labels.reshape(-1)[flat_index].astype(np.intp)
-    values = probability.reshape(-1)[flat_index].astype(np.float64)
+    count, (mean,) = label_means(labels, [probability])
     if probability.dtype == np.uint8:
-        values /= 255.0
-    count = np.bincount(ids, None, size)
-    mean = np.bincount(ids, values, size) / np.maximum(count, 1)
+        mean /= 255.0
     keep = (count > 0) & (mean >= min_confidence)
     keep[0] = False
-    renumber = np.zeros(size, labels.dtype)
+    renumber = np.zeros(keep.size, labels.dtype)
     renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
     return renumber[labels]
 
@@ -337,23 +354,10 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray, probability: np.ndarra
     if size == 1:
         return []
 
-    sums = np.zeros((3, size))  # n, Σgrey, Σprobability
-    width = labels.shape[1]
-    for y0 in range(0, labels.shape[0], MOMENT_BAND_ROWS):
-        band = labels[y0 : y0 + MOMENT_BAND_ROWS]
-        flat_index = np.flatnonzero(band)
-        if flat_index.size == 0:
-            continue
-        ids = band.reshape(-1)[flat_index].astype(np.intp)
-        sums[0] += np.bincount(ids, None, size)
-        grey = _grey_values(np.asarray(image)[y0 : y0 + MOMENT_BAND_ROWS], flat_index, (band.shape[0], width))
-        sums[1] += np.bincount(ids, grey, size)
-        if probability is not None:
-            values = _grey_values(probability[y0 : y0 + MOMENT_BAND_ROWS], flat_index, (band.shape[0], width))
-            sums[2] += np.bincount(ids, values * scale, size)
-    count = np.maximum(sums[0], 1.0)
-    mean_intensity = sums[1] / count
-    mean_probability = sums[2] / count if probability is not None else np.full(size, np.nan)
+    maps = [np.asarray(image)] + ([probability] if probability is not None else [])
+    _, means = label_means(labels, maps)
+    mean_intensity = means[0]
+    mean_probability = means[1] * scale if probability is not None else np.full(size, np.nan)
 
     table = regionprops_table(labels, properties=GEOMETRY)
     boxes = ndimage.find_objects(labels)

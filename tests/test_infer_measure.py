@@ -17,6 +17,7 @@ from infer.measure import (
     clean_mask,
     draw_overlay,
     drop_unconfident,
+    label_means,
     label_nuclei,
     measure_nuclei,
 )
@@ -387,3 +388,41 @@ def test_drop_unconfident_removes_whole_nuclei_below_the_mean_and_renumbers_in_o
     np.testing.assert_array_equal(drop_unconfident(np.zeros((3, 3), np.int32), np.ones((3, 3)), 0.5), 0)
     with pytest.raises(ValueError, match="does not match"):
         drop_unconfident(labels, probability[:-1], 0.5)
+
+
+def test_label_means_by_bands_equal_the_whole_image_sums(monkeypatch):
+    import infer.measure
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 6, (37, 23)).astype(np.int32)
+    labels[labels == 4] = 0  # id 4 has no pixel: count 0, mean 0
+    grey = rng.random((37, 23))
+    colour = rng.integers(0, 256, (37, 23, 4), dtype=np.uint8)  # RGBA: alpha is left out
+    expected_count = np.bincount(labels.ravel(), minlength=6)
+    expected_count[0] = 0  # the background is not a label
+    whole_count, (whole_grey, whole_colour) = label_means(labels, [grey, colour])
+    monkeypatch.setattr(infer.measure, "MOMENT_BAND_ROWS", 5)  # 8 bands, the last one short
+    count, (band_grey, band_colour) = label_means(labels, [grey, colour])
+    np.testing.assert_array_equal(count, expected_count)
+    np.testing.assert_array_equal(whole_count, expected_count)
+    for label_id in (1, 2, 3, 5):
+        inside = labels == label_id
+        assert band_grey[label_id] == pytest.approx(grey[inside].mean())
+        assert band_colour[label_id] == pytest.approx(colour[..., :3][inside].mean())
+    assert band_grey[4] == 0 and band_colour[4] == 0
+    np.testing.assert_allclose(band_grey, whole_grey)
+    np.testing.assert_allclose(band_colour, whole_colour)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), bar=st.floats(0.05, 0.95))
+def test_drop_unconfident_keeps_exactly_the_nuclei_measure_nuclei_finds_sure_enough(seed, bar):
+    rng = np.random.default_rng(seed)
+    labels = ndimage.label(rng.random((32, 32)) > 0.6)[0].astype(np.int32)
+    probability = rng.random((32, 32)).astype(np.float32)
+    image = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    sure = [n["id"] for n in measure_nuclei(labels, image, probability) if n["mean_probability"] >= bar]
+    kept = drop_unconfident(labels, probability, bar)
+    assert int(kept.max()) == len(sure)
+    for new_id, old_id in enumerate(sure, start=1):
+        np.testing.assert_array_equal(kept == new_id, labels == old_id)
