@@ -174,13 +174,15 @@ bench-real: $(STAMP)
 # bench-real on every fold: of whole ISBI fields (FIELDS, default the 10 real fields in ../shared, GT as published;
 # FOLDS=5: two fields held out per fold, about 80 minutes on 2 cores), or of reference-style TILES (FOLDS=6 there is
 # leave-one-source-out); one line per fold, then one JSON object with per-field scores and the means.
-# RESUME=1 with the stopped run's OUT (and its other settings) runs only the folds it had not finished.
+# RESUME=1 with the stopped run's OUT (and its other settings) runs only the folds it had not finished;
+# ONLY_FOLDS=3,4 runs those folds of the plan alone.
 FIELDS ?= ../shared/data/isbi2014/EDF
 bench-folds: $(STAMP) $(if $(filter 1 yes true,$(PEER)),$(PEER_STAMP),)
 	$(BIN)/python bench/bench_folds.py $(if $(TILES),--tiles $(TILES),--fields $(FIELDS)) \
 		$(if $(filter 1 yes true,$(PEER)),--peer,) \
 		$(if $(FOLDS),--folds $(FOLDS),) $(if $(OUT),--out $(OUT),) $(if $(SYNTH),--synth $(SYNTH),) \
-		$(if $(VALID_ON),--valid-on $(VALID_ON),) $(if $(filter 1 yes true,$(RESUME)),--resume,) $(bench_prep_flag)
+		$(if $(VALID_ON),--valid-on $(VALID_ON),) $(if $(filter 1 yes true,$(RESUME)),--resume,) \
+		$(if $(ONLY_FOLDS),--only-folds $(ONLY_FOLDS),) $(bench_prep_flag)
 
 # StarDist 2D beside our model on TRAIN_EDF → TEST_EDF, same fields and budget (about 30 minutes on 2 cores);
 # PEER_ONLY=1 trains StarDist alone. make bench-folds PEER=1 runs both on every fold.

@@ -13,6 +13,7 @@ missed nuclei, infer seconds) with its fold, and `folds` each fold's summary.
 With --out, `summary.json` there holds that object and `overlays.png` shows every held-out image (ground truth
 green, prediction red) with its fold and Dice: red alone is an extra object, green alone a missed nucleus;
 `errors.png` shows each of those, magnified, with its image and place.
+`--only-folds 3,4` runs those folds of the same plan alone (its means are over them only).
 A stopped run (a killed process, a session's end) goes on with --resume and the same options: `run.json` in --out
 holds the run's options and folds, each finished fold leaves `foldK/summary.json` (with the code it ran on), and only
 the folds without one run again.
@@ -219,14 +220,14 @@ def code_version() -> str | None:
 
 def run_options_record(data: Path, folds: int, config: Path, overrides: Sequence[str], infer_flags: Sequence[str],
                        synth: int, valid_on: str, prep_flags: Sequence[str], whole_fields: bool, peer: bool,
-                       synth_only: bool) -> dict:
+                       synth_only: bool, only_folds: Sequence[int] | None = None) -> dict:
     """What makes two runs the same run: --resume refuses to finish a run with anything else."""
     from prep.edf import file_sha256
 
     return {"data": str(data.resolve()), "whole_fields": whole_fields, "folds": folds,
             "config_sha256": file_sha256(config), "overrides": list(overrides),
             "infer_flags": list(infer_flags), "synth": synth, "valid_on": valid_on, "prep_flags": list(prep_flags),
-            "peer": peer, "synth_only": synth_only}
+            "peer": peer, "synth_only": synth_only, "only_folds": sorted(only_folds) if only_folds else None}
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -251,12 +252,16 @@ def resumed_plan(out: Path, options: dict) -> list[dict]:
 def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list[str], infer_flags: list[str],
                 synth: int, valid_on: str = VALID_ON[0], echo=click.echo,
                 prep_flags: Sequence[str] = DEFAULT_PREP_FLAGS, whole_fields: bool = False,
-                peer: bool = False, synth_only: bool = False, resume: bool = False) -> dict:
+                peer: bool = False, synth_only: bool = False, resume: bool = False,
+                only_folds: Sequence[int] | None = None) -> dict:
     """``data``: whole ISBI fields (``whole_fields``) or reference-style tiles; ``peer``: StarDist on every fold
     too (bench_peer), trained in the same budget on the same fields, after ours (never beside it); ``resume``:
-    finish the stopped run in ``out`` (same options), keeping its finished folds."""
+    finish the stopped run in ``out`` (same options), keeping its finished folds; ``only_folds``: run these folds
+    of the plan alone (the plan is the same as a whole run's), e.g. to finish a run whose folder is lost."""
+    if only_folds and not set(only_folds) <= set(range(folds)):
+        raise ValueError(f"--only-folds {','.join(map(str, sorted(only_folds)))}: the folds are 0..{folds - 1}")
     options = run_options_record(data, folds, config, overrides, infer_flags, synth, valid_on, prep_flags,
-                                 whole_fields, peer, synth_only)
+                                 whole_fields, peer, synth_only, only_folds)
     if resume:
         plan = resumed_plan(out, options)
     else:
@@ -265,6 +270,8 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
         _write_json(out / RUN_FILE, {"options": options, "plan": plan})
     summaries = []
     for fold in plan:
+        if only_folds and fold["fold"] not in only_folds:
+            continue
         fold_dir = out / "folds" / f"fold{fold['fold']}"
         finished = out / f"fold{fold['fold']}" / FOLD_SUMMARY
         if resume and finished.is_file():
@@ -289,6 +296,8 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
     if errors:  # each extra object (red alone) and missed nucleus (green alone), magnified
         cv2.imwrite(str(out / "errors.png"), montage(errors, columns=8, size=2 * ERROR_CROP))
     combined = combine(summaries)
+    if only_folds:  # not a whole run: its means are over these folds alone
+        combined["only_folds"] = sorted(only_folds)
     warning = short_budget_warning(combined)
     if warning:
         echo(warning)
@@ -310,10 +319,13 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
                                            "the .[peers] extra; doubles the time).")
 @click.option("--resume", is_flag=True, help="Finish the stopped run in --out: give its options again; its finished "
                                              "folds are kept, the others run again.")
+@click.option("--only-folds", "only_folds", metavar="K[,K...]",
+              help="Run these folds of the plan alone (numbered from 0, as in a whole run's fold0..): e.g. to finish "
+                   "a stopped run whose folder is lost. The means are over these folds only.")
 @run_options  # bench-real's own options, applied to every fold
 def main(fields: Path | None, tiles: Path | None, folds: int | None, out: Path | None, peer: bool, resume: bool,
-         config: Path, overrides, infer_flags: str, synth: int, valid_on: str, synth_only: bool,
-         prep_flags: list[str]) -> None:
+         only_folds: str | None, config: Path, overrides, infer_flags: str, synth: int, valid_on: str,
+         synth_only: bool, prep_flags: list[str]) -> None:
     """Cross-validate bench-real over leave-sources-out folds of whole FIELDS or of TILES."""
     if (fields is None) == (tiles is None):
         raise click.UsageError("give one of --fields (whole ISBI fields) and --tiles (reference-style tiles)")
@@ -324,6 +336,15 @@ def main(fields: Path | None, tiles: Path | None, folds: int | None, out: Path |
         raise click.BadParameter(f"{out} is not empty; give a new folder (or --resume a stopped run there)",
                                  param_hint="--out")
     folds = folds or (5 if fields is not None else 6)
+    chosen = None
+    if only_folds is not None:
+        try:
+            chosen = sorted({int(k) for k in only_folds.split(",")})
+        except ValueError:
+            raise click.BadParameter(f"{only_folds!r} is not a comma-separated list of fold numbers",
+                                     param_hint="--only-folds") from None
+        if not chosen or not set(chosen) <= set(range(folds)):
+            raise click.BadParameter(f"{only_folds!r}: the folds are 0..{folds - 1}", param_hint="--only-folds")
     if peer:
         from bench_peer import stardist_available
 
@@ -334,7 +355,7 @@ def main(fields: Path | None, tiles: Path | None, folds: int | None, out: Path |
             summary = bench_folds(fields or tiles, out or Path(scratch), folds, config, list(overrides),
                                   infer_flags.split(), synth, valid_on, prep_flags=prep_flags,
                                   whole_fields=fields is not None, peer=peer, synth_only=synth_only,
-                                  resume=resume)
+                                  resume=resume, only_folds=chosen)
     except ValueError as err:  # e.g. fewer sources than folds, or a tile name without a source id
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(summary))

@@ -141,6 +141,19 @@ def test_cli_runs_whole_field_folds_and_reports_every_field(tmp_path: Path):
     assert finished["folds"][1]["per_image_dice"] == summary["folds"][1]["per_image_dice"]  # same seed, same fold
     assert (out / "fold1" / "summary.json").is_file() and not backup.exists()  # fold 1 trained from scratch
     assert finished.get("code") == summary.get("code")  # the commit(s) the folds ran on, one here
+    # One fold of the same plan alone (a lost run's folder): the same fields, seed and scores as in the whole run.
+    alone = tmp_path / "alone"
+    one = CliRunner().invoke(main, [*run_args[:5], str(alone), *run_args[6:], "--only-folds", "1"])
+    assert one.exit_code == 0, one.output
+    only = json.loads(one.output.strip().splitlines()[-1])
+    assert only["only_folds"] == [1] and [f["fold"] for f in only["folds"]] == [1]
+    assert not (alone / "fold0").exists()
+    assert only["folds"][0]["per_image_dice"] == summary["folds"][1]["per_image_dice"]
+    assert only["folds"][0]["test_sources"] == summary["folds"][1]["test_sources"]
+    for bad in ("2", "1,x", ""):
+        refused = CliRunner().invoke(main, [*run_args[:5], str(tmp_path / f"bad{bad}"), *run_args[6:],
+                                            "--only-folds", bad])
+        assert refused.exit_code == 2 and "--only-folds" in refused.output
     # The saved models again, with other infer flags: the run's own flags give back the run's own scores.
     from reinfer_folds import compare
 
