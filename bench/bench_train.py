@@ -1,5 +1,6 @@
 """Training benchmarks: is the tf.data pipeline the bottleneck (streamed tiles vs the same batches held in
-memory, demo_cpu config, side by side in one run), demo_cpu images/s, and the reference config's
+memory, demo_cpu config, side by side in one run), demo_cpu images/s, the bench model's training step at float32
+and at bfloat16 side by side (what `mixed_precision = auto` decides by), and the reference config's
 forward+backward seconds per 512² image on this CPU. The last line printed is one JSON object.
 
 ``--smoke``: the same code paths at toy sizes (2 steps, 2 rounds, the reference config shrunk to 64² and 3 levels),
@@ -149,6 +150,38 @@ def reference_step() -> dict:
             "reference_cpu_s_per_image": statistics.median(times) / batch}
 
 
+def precision_steps() -> dict:
+    """The bench model's (bench_cpu.config) training step at float32 and at mixed_bfloat16, interleaved rounds in one
+    process, and what [train] mixed_precision = auto picks on this CPU: bfloat16 pays only where it is native."""
+    from train.fit import precision_policy
+
+    config = load_config(REPO / "configs" / "bench_cpu.config")
+    t = config.train
+    crop = (32, 32) if SMOKE else (t.crop_size or config.image_size)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (t.batch_size, *crop, config.model.image_channels)).astype(np.float32)
+    labels = keras.utils.to_categorical(rng.uniform(0, 1, (t.batch_size, *crop)) > 0.98, 2).astype(np.float32)
+    models = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            keras.utils.set_random_seed(t.seed)
+            models[policy] = build_model(config, (None, None))
+            compile_model(models[policy], config)
+            models[policy].train_on_batch(images, labels)  # trace
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    seconds = {policy: [] for policy in models}
+    for _ in range(2 if SMOKE else 5):  # interleaved, so machine noise hits both alike
+        for policy, model in models.items():
+            seconds[policy].append(timed(lambda model=model: model.train_on_batch(images, labels))[0])
+    step = {policy: statistics.median(times) for policy, times in seconds.items()}
+    return {"bench_float32_step_ms": 1000 * step["float32"], "bench_bfloat16_step_ms": 1000 * step["mixed_bfloat16"],
+            "bench_bfloat16_vs_float32": step["mixed_bfloat16"] / step["float32"],
+            "bench_step_batch": t.batch_size, "bench_step_crop": list(crop),
+            "auto_precision_here": precision_policy("auto")}
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         figures = pipeline_vs_memory(tile_dataset(Path(tmp)))
@@ -162,6 +195,11 @@ def main() -> None:
     print(f"the pipeline alone (no model): {figures['pipeline_alone_ms']:.1f} ms and "
           f"{figures['pipeline_alone_cpu_ms']:.1f} ms of CPU per batch, {figures['pipeline_headroom']:.1f}× faster "
           f"than the model consumes batches")
+    figures.update(precision_steps())
+    print(f"bench_cpu model, batch {figures['bench_step_batch']} of {figures['bench_step_crop'][0]}² crops: float32 "
+          f"{figures['bench_float32_step_ms']:.0f} ms/step, mixed_bfloat16 {figures['bench_bfloat16_step_ms']:.0f} "
+          f"ms/step ({figures['bench_bfloat16_vs_float32']:.2f}×); mixed_precision = auto picks "
+          f"{figures['auto_precision_here']} on this CPU")
     figures.update(reference_step())
     print(f"reference config ({figures['reference_params']:,} parameters): forward+backward "
           f"{figures['reference_cpu_s_per_image']:.2f} s per 512² image on {os.cpu_count()} CPU cores")

@@ -59,6 +59,7 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[model]\nlocal_contrast = 8\n", "[model] local_contrast"),
     ("[train]\nbatch_size = 0\n", "[train] batch_size"),
     ("[train]\nsave_weights_only = maybe\n", "[train] save_weights_only"),
+    ("[train]\nmixed_precision = bf16\n", "[train] mixed_precision = bf16: expected True, False or auto"),
     ("[train]\nrandom_scale = 1.5\n", "[train] random_scale"),
     ("[train]\nintensity_jitter = -0.1\n", "[train] intensity_jitter"),
     ("[train]\nrandom_blur = 5\n", "[train] random_blur"),
@@ -82,6 +83,9 @@ def test_choices_take_any_case_and_come_back_in_one_spelling(tmp_path: Path):
                                          "[image]\ncolor_order = bgr\n"))
     assert (config.model.optimizer, config.model.loss) == ("AdamW", "dice_ce")
     assert (config.train.lr_schedule, config.train.strategy, config.image.color_order) == ("cosine", "mirrored", "BGR")
+    for written, meant in (("Auto", "auto"), ("True", True), ("off", False)):
+        precision = load_config(write(tmp_path, f"[train]\nmixed_precision = {written}\n")).train.mixed_precision
+        assert precision == meant and type(precision) is type(meant)
 
 
 def test_config_values_are_never_evaluated(tmp_path: Path):

@@ -232,8 +232,24 @@ def test_mirrored_strategy_on_two_logical_cpus_with_mixed_precision(tmp_path: Pa
                              "train.strategy=mirrored", "--set", "train.mixed_precision=True"],
                             capture_output=True, text=True, env=_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "on 2 replica(s)" in result.stdout
+    assert "on 2 replica(s) at mixed_bfloat16" in result.stdout  # True on a CPU: bfloat16, native or not
     assert (tmp_path / "models" / "best.weights.h5").is_file()
+
+
+def test_precision_policy_takes_bfloat16_only_where_asked_or_native():
+    from train.fit import emulated_bfloat16_warning, precision_policy
+
+    native, avx2 = "flags : fpu avx2 avx512f avx512_bf16", "flags : fpu avx2 fma"
+    assert [precision_policy(False, flags, gpu) for flags in (native, avx2) for gpu in (False, True)] == ["float32"] * 4
+    assert precision_policy("auto", native, gpu=False) == "mixed_bfloat16"
+    assert precision_policy("auto", avx2, gpu=False) == "float32"  # emulated bfloat16: several times slower
+    assert precision_policy("auto", "flags : amx_bf16", gpu=False) == "mixed_bfloat16"
+    assert precision_policy("auto", avx2, gpu=True) == precision_policy(True, avx2, gpu=True) == "mixed_float16"
+    assert precision_policy(True, avx2, gpu=False) == "mixed_bfloat16"  # asked for: done, with a warning
+    warning = emulated_bfloat16_warning("mixed_bfloat16", avx2)
+    assert "[train] mixed_precision = True" in warning and "auto" in warning
+    assert emulated_bfloat16_warning("mixed_bfloat16", native) is None
+    assert emulated_bfloat16_warning("float32", avx2) is None
 
 
 # Runs in a child process: the two logical CPUs must be made before TensorFlow starts its devices.
@@ -527,6 +543,7 @@ def test_the_model_folder_describes_itself_and_infer_needs_only_it(tmp_path: Pat
     assert card["architecture"]["num_layers"] == 3 and card["architecture"]["base_kernels"] == [3, 3]
     assert card["architecture"]["parameters"] > 0 and card["input"]["channels"] == 3
     assert card["classes"] == ["background", "nucleus"] and card["epochs"] == 1 and card["seed"] is not None
+    assert card["train_precision"] == "float32"  # [train] mixed_precision = False, the default
     images, _ = list_pairs(tiny_dataset / "train" / "images", tiny_dataset / "train" / "masks")
     assert card["training_data"]["train_tiles"] == len(images)
     assert card["training_data"]["train_tile_list_sha256"] == tile_list_sha256(images)

@@ -66,6 +66,7 @@ def model_card(config: Config, weights: Path, summary: dict, train_pairs, valid_
         "seed": config.train.seed,
         "trained": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "epochs": summary["epochs"], "train_seconds": round(summary["seconds"], 1),
+        "train_precision": summary.get("precision"),  # the Keras policy it trained at ([train] mixed_precision)
         "best_val_loss": summary["best_val_loss"],
         "versions": versions(),
         "scores": {},  # filled by whoever measures it (train evaluate, the benches)

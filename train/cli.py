@@ -96,8 +96,8 @@ def fit_command(config_path: Path, overrides, overwrite: bool, fresh: bool, prog
 
     summary = _run(lambda: fit(config, overwrite=overwrite, verbose=1 if progress else 2, fresh=fresh))
     click.echo(f"{'resumed and ' if summary['resumed'] else ''}trained {summary['epochs']} epoch(s) in "
-               f"{summary['seconds']:.0f} s on {summary['replicas']} replica(s); best val_loss "
-               f"{summary['best_val_loss']:.4f}")
+               f"{summary['seconds']:.0f} s on {summary['replicas']} replica(s) at {summary['precision']}; "
+               f"best val_loss {summary['best_val_loss']:.4f}")
     click.echo(f"model: {summary['model_dir']}   curves and CSVs: {summary['eval_dir']}")
 
 

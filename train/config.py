@@ -42,6 +42,15 @@ def _as_bool(value: Any) -> bool:
     raise TypeError("True or False")
 
 
+def _as_bool_or_auto(value: Any) -> bool | str:
+    if isinstance(value, str) and value.lower() == "auto":
+        return "auto"
+    try:
+        return _as_bool(value)
+    except TypeError:
+        raise TypeError("True, False or auto") from None
+
+
 def _as_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
@@ -220,7 +229,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "validation_steps": Key(_as_optional_int, None, check=_positive),
         # Ours, beyond the reference:
         "seed": Key(_as_int, 137),
-        "mixed_precision": Key(_as_bool, False),
+        # auto: mixed precision where it is faster (a GPU; a CPU that computes bfloat16 natively), else float32.
+        "mixed_precision": Key(_as_bool_or_auto, False),
         "strategy": Key(_as_choice("default", "mirrored", "multiworker"), "default"),
         "crop_size": Key(_as_optional_pair, None, check=_positive_pair),
         "crops_per_tile": Key(_as_int, 1, check=_positive),
