@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import click  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_real import DEFAULT_PREP_FLAGS, VALID_ON, bench_real, run_options  # noqa: E402
+from bench_real import DEFAULT_PREP_FLAGS, VALID_ON, bench_real, few_steps_warning, run_options  # noqa: E402
 from make_folds import make_field_folds, make_folds  # noqa: E402
 
 RUN_FILE = "run.json"  # in --out: the run's options and fold plan, which --resume must match
@@ -69,6 +69,10 @@ def combine(folds: list[dict]) -> dict:
     if all("epochs" in fold for fold in folds):  # the training each fold got within its budget
         combined.update({"epochs_min": min(fold["epochs"] for fold in folds),
                          "epochs_max": max(fold["epochs"] for fold in folds)})
+    if all(fold.get("steps") for fold in folds):
+        combined.update({"steps_min": min(fold["steps"] for fold in folds),
+                         "steps_max": max(fold["steps"] for fold in folds),
+                         "train_precision": sorted({fold.get("train_precision") or "?" for fold in folds})})
     if images:
         combined.update({
             "f1_images": round(fmean(image["f1"] for image in images.values()), 4),
@@ -298,9 +302,10 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
     combined = combine(summaries)
     if only_folds:  # not a whole run: its means are over these folds alone
         combined["only_folds"] = sorted(only_folds)
-    warning = short_budget_warning(combined)
-    if warning:
-        echo(warning)
+    for warning in (short_budget_warning(combined),
+                    few_steps_warning(combined.get("steps_min"), ", ".join(combined.get("train_precision", [])))):
+        if warning:
+            echo(warning)
     # The printed JSON, kept beside the folds: a run is worth a row in bench/results/loso_runs.csv.
     _write_json(out / "summary.json", combined)
     return combined

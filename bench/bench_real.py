@@ -49,6 +49,9 @@ DEFAULT_PREP_FLAGS: tuple[str, ...] = ("--fade-factors", "0.3,0.45,0.6")
 DEFAULT_SYNTH = 0
 DEFAULT_INFER_FLAGS = "--preset recommended"  # infer's own defaults (infer.cli.PRESETS), named for the record
 VALID_ON = ("synth", "real")  # --valid-on's choices; the first is the default
+# The README's runs trained 88-107 epochs of 50 steps a fold (4,400-5,350 steps) in the 840-s budget, on a host at
+# speed; a run with fewer steps than this is warned of (a slower host, or emulated bfloat16).
+FULL_BUDGET_STEPS = 4000
 FIELD_EDGES = "field_edges.csv"  # in TEST_EDF: which edges of each tile are its field's (see make_folds)
 DATA_KEYS = {
     "train.images_dir": "./dataset/train/images", "train.masks_dir": "./dataset/train/masks",
@@ -123,6 +126,7 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
     _run(infer_cli, ["--config", str(run_config), *settings, "--input", str(test_edf), "--gt", str(test_edf),
                      "--output", str(out / "infer"), "--overwrite", "--no-progress", *infer_flags])
     summary = summarise(out, train_seconds, out / ("synth-dataset" if synth_only else "dataset"))
+    summary.update(training_record(run_config, settings, out / "models"))
     summary["infer_flags"] = " ".join(infer_flags)
     # What the flags came to (a preset's meaning changes when a rule changes it): infer's own record of its options.
     options = json.loads((out / "infer" / "infer.json").read_text())["options"]
@@ -133,6 +137,30 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
     summary["train_tiles"] = train_tiles
     summary["synth_only"] = synth_only
     return summary
+
+
+def training_record(run_config: Path, settings: list[str], model_dir: Path) -> dict:
+    """The steps the run trained (its card's epochs × the config's steps_per_epoch) and the precision it trained
+    at (the card's ``train_precision``)."""
+    from train.card import read_card
+    from train.config import load_config
+
+    card = read_card(model_dir)
+    config = load_config(run_config, settings[1::2])  # settings: "--set", "key=value", ...
+    per_epoch = config.train.steps_per_epoch
+    return {"steps": card["epochs"] * per_epoch if per_epoch else None,
+            "train_precision": card.get("train_precision")}
+
+
+def few_steps_warning(steps: int | None, precision: str | None = None) -> str | None:
+    """Why this run's scores are not comparable with the recorded ones, or None: the budget is wall-clock, and a
+    host that trains fewer than FULL_BUDGET_STEPS in it gets a weaker model."""
+    if steps is None or steps >= FULL_BUDGET_STEPS:
+        return None
+    return (f"warning: {steps:,} training steps in the budget{f' (at {precision})' if precision else ''}, where a "
+            f"host at speed trains {FULL_BUDGET_STEPS:,}+: this host is slower, and its scores are a weaker model's. "
+            "To compare with the recorded runs, train for steps: --set train.max_train_seconds=None --set "
+            "train.epochs=100 (5,000 steps)")
 
 
 def excludes_border(flags: list[str]) -> bool:
@@ -254,6 +282,9 @@ def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, overri
         summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
                              infer_flags.split(), synth=synth, valid_on=valid_on, prep_flags=prep_flags,
                              synth_only=synth_only)
+    warning = few_steps_warning(summary["steps"], summary["train_precision"])
+    if warning:
+        click.echo(warning, err=True)
     click.echo(json.dumps(summary))
 
 

@@ -67,6 +67,7 @@ def test_tiny_bench_real_reports_scores_on_the_held_out_images(tmp_path: Path):
     for key in ("nucleus_dice", "nucleus_iou", "object_dice", "fnro", "f1"):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["train_seconds"] > 0 and summary["epochs"] == 2 and summary["test_images"] == 2
+    assert summary["steps"] == 2 * 3 and summary["train_precision"] == "float32"  # TINY: 2 epochs of 3 steps
     assert len(summary["train_sources"]) == 4 and summary["valid_sources"] == []  # every real source trains
     # By default every real training tile gets three pale-nucleus copies (DEFAULT_PREP_FLAGS).
     train_tiles = [p.name for p in (tmp_path / "out" / "dataset" / "train" / "images").glob("*.png")]
@@ -209,3 +210,12 @@ def test_make_bench_targets_pass_prep_flags_whenever_given(given: list[str], pas
             assert "--prep-flags" not in command, target
         else:
             assert passed in command, target
+
+
+def test_a_budget_that_bought_few_steps_is_warned_of():
+    from bench_real import FULL_BUDGET_STEPS, few_steps_warning
+
+    assert few_steps_warning(None) is None and few_steps_warning(FULL_BUDGET_STEPS) is None
+    warning = few_steps_warning(700, "float32")
+    assert "700 training steps" in warning and "at float32" in warning
+    assert "--set train.max_train_seconds=None --set train.epochs=100" in warning
