@@ -282,8 +282,13 @@ def predict_image(path: Path, rgb: np.ndarray, truth: np.ndarray | None, config:
         labels = separate_touching(labels)
         mask = labels > 0
     if options.min_confidence > 0:
+        found = int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
         labels = drop_unconfident(labels, confidence, options.min_confidence)
         mask = labels > 0
+        if found and int(labels.max()) < found / 2:  # a model unsure of most of what it finds: undertrained?
+            warnings.warn(f"{path.name}: --min-confidence {options.min_confidence:g} dropped "
+                          f"{found - int(labels.max())} of {found} nuclei; the model is unsure of most of what it "
+                          "finds (trained too briefly?): check with --min-confidence 0", stacklevel=2)
     nuclei = measure_nuclei(labels, rgb, confidence)
     row = {"file": path.name, "status": "ok", "height": height, "width": width,
            "tiles": 1 if tiles_mode or whole_pass(options, height, width)

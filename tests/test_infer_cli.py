@@ -180,6 +180,13 @@ def test_min_confidence_drops_exactly_the_nuclei_whose_mean_probability_is_below
     assert len(kept) < len(means)
     record = json.loads((tmp_path / "sure" / "infer.json").read_text())
     assert record["options"]["min_confidence"] == pytest.approx(bar)
+    # A bar above every nucleus' mean drops them all: said per image, with the way to check (an unsure model).
+    above = min(max(means) + 0.01, 1.0)
+    none_kept = invoke(*common, "--output", tmp_path / "none", "--min-confidence", above)
+    assert none_kept.exit_code == 0, none_kept.output
+    assert "the model is unsure of most of what it finds" in none_kept.output
+    assert f"--min-confidence {above:g} dropped" in none_kept.output
+    assert "check with --min-confidence 0" in none_kept.output
 
 
 def test_field_edges_table_errors_name_the_file_line_and_flag(project: Path, tmp_path: Path):
