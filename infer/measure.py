@@ -271,8 +271,7 @@ def drop_unconfident(labels: np.ndarray, probability: np.ndarray, min_confidence
     count, (mean,) = label_means(labels, [probability])
     if probability.dtype == np.uint8:
         mean /= 255.0
-    keep = (count > 0) & (mean >= min_confidence)
-    keep[0] = False
+    keep = (count > 0) & (mean >= min_confidence)  # the background (id 0) counts no pixel: never kept
     renumber = np.zeros(keep.size, labels.dtype)
     renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
     return renumber[labels]
