@@ -180,12 +180,13 @@ def predict_probability(image: np.ndarray, predict_batch, tile: int, options: In
         bands = stream_predict(image, predict_batch, tile, options.overlap, options.batch_size, options.weighting,
                                options.tta)
     for y0, y1, band in bands:
-        nucleus = 1.0 - band[:, :, 0]
+        # Blending and TTA means can put the background a rounding above 1: the saved map stays a probability.
+        nucleus = np.clip(1.0 - band[:, :, 0], 0.0, 1.0)
         mask[y0:y1] = (nucleus > options.threshold) if band.shape[2] == 2 else band.argmax(axis=2) >= 1
         if probability_out is not None:
             probability_out[y0:y1] = nucleus
         if confidence_out is not None:
-            confidence_out[y0:y1] = np.rint(np.clip(nucleus, 0.0, 1.0) * 255)
+            confidence_out[y0:y1] = np.rint(nucleus * 255)
     return mask, probability_out
 
 

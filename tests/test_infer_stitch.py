@@ -329,3 +329,22 @@ def test_whole_pass_equals_the_stitched_result_for_a_pointwise_network(tta: int)
         assert calls[0][1] == calls[0][2] == 144  # rotations need a square: padded to 144²
     stitched = sliding_window_predict(image, pointwise, 64, 0.25, tta=tta)
     np.testing.assert_allclose(whole, stitched, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["full", "whole"])
+def test_saved_probability_stays_within_0_and_1_when_the_background_rounds_above_1(mode: str):
+    """A blended or averaged background of 1 + ε (float32 rounding) must not save a negative probability."""
+    from infer.run import InferOptions, predict_probability
+
+    def over_sure(batch: np.ndarray) -> np.ndarray:
+        out = np.zeros((*batch.shape[:3], 2), np.float32)
+        out[..., 0] = np.float32(1.0) + np.float32(2.0**-22) * (batch[..., 0] % 3)  # just above 1, or exactly 1
+        out[..., 1] = 1 - out[..., 0]
+        return out
+
+    image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    probability = np.zeros(image.shape[:2], np.float32)
+    confidence = np.zeros(image.shape[:2], np.uint8)
+    mask, _ = predict_probability(image, over_sure, 32, InferOptions(mode=mode), probability, confidence)
+    assert probability.min() == 0.0 and probability.max() <= 1.0
+    assert not mask.any() and not confidence.any()
