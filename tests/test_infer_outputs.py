@@ -108,8 +108,8 @@ def predicted(tmp_path_factory) -> Path:
     images.mkdir()
     image, _ = random_pair(np.random.default_rng(7), 300, 420, nuclei=10)
     cv2.imwrite(str(images / "EDF300x420.png"), image)
-    # An untrained model's mask is noise; a low threshold makes it blobs big enough to compare outlines, and
-    # --fill-holes (as the recommended flags) closes the 1-pixel holes that marching squares draws at half size.
+    # A low threshold widens the briefly trained model's blobs, and --fill-holes (as the recommended flags) closes
+    # the 1-pixel holes that marching squares draws at half size.
     result = CliRunner().invoke(infer_cli, ["--preset", "bare", "--config", str(config), "--output", str(root / "out"),
                                             "--threshold", "0.3", "--min-area", "10", "--fill-holes",
                                             "--split-touching", "--no-progress"])
