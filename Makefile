@@ -69,8 +69,12 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check prep train infer tests bench
 
+# Two pytest-xdist workers, a test module each at a time (its fixtures built once): much of the suite is TensorFlow
+# tracing in Python, one core per process: two of them on 2 cores took 0.57 of the serial time (docs/benchmarks.md).
+# TEST_WORKERS=0 runs it serially in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 # The synthetic sample is generated on first use (never committed).
 $(SAMPLE_DIR)/SYN000.png: | $(STAMP)
