@@ -24,7 +24,9 @@ TINY_BUDGET = ("--set train.epochs=2 --set train.steps_per_epoch=3 --set train.v
                     reason="runs inside the venv `make setup` made (run the suite with `make test`)")
 def test_make_demo_runs_end_to_end_and_lists_files_that_exist(tmp_path: Path):
     sample, demo = tmp_path / "sample" / "EDF", tmp_path / "demo-output"
-    command = ["make", "--no-print-directory", "-C", str(REPO), "demo", f"VENV={VENV}", f"SAMPLE_DIR={sample}",
+    # -o: never reinstall the venv from here; under xdist the other worker is running tests from it.
+    command = ["make", "--no-print-directory", "-C", str(REPO), "-o", str(VENV / ".installed"), "demo",
+               f"VENV={VENV}", f"SAMPLE_DIR={sample}",
                f"DEMO_DIR={demo}", "SYNTH_FLAGS=--count 6 --size 512 --no-progress",
                "PREP_FLAGS=--no-progress", f"DEMO_FLAGS={TINY_BUDGET}", "INFER_FLAGS=--no-progress"]
     result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)

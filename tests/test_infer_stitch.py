@@ -331,8 +331,9 @@ def test_whole_pass_equals_the_stitched_result_for_a_pointwise_network(tta: int)
     np.testing.assert_allclose(whole, stitched, atol=1e-5)
 
 
+@pytest.mark.parametrize("tta", [0, 4])
 @pytest.mark.parametrize("mode", ["full", "whole"])
-def test_saved_probability_stays_within_0_and_1_when_the_background_rounds_above_1(mode: str):
+def test_saved_probability_stays_within_0_and_1_when_the_background_rounds_above_1(mode: str, tta: int):
     """A blended or averaged background of 1 + ε (float32 rounding) must not save a negative probability."""
     from infer.run import InferOptions, predict_probability
 
@@ -345,6 +346,7 @@ def test_saved_probability_stays_within_0_and_1_when_the_background_rounds_above
     image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     probability = np.zeros(image.shape[:2], np.float32)
     confidence = np.zeros(image.shape[:2], np.uint8)
-    mask, _ = predict_probability(image, over_sure, 32, InferOptions(mode=mode), probability, confidence)
+    mask, _ = predict_probability(image, over_sure, 32, InferOptions(mode=mode, tta=tta), probability,
+                                  confidence)
     assert probability.min() == 0.0 and probability.max() <= 1.0
     assert not mask.any() and not confidence.any()
