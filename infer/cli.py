@@ -12,6 +12,7 @@ import click
 
 from prep.console import show_warning
 from prep.imageio import DEFAULT_MAX_PIXELS
+from prep.truth import GT_RULES
 from train.model import PRECISIONS  # the model's face imports no Keras: the command line stays quick
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see train/cli.py
@@ -100,6 +101,9 @@ def _finite(ctx, param, value):
 @click.option("--save-prob", is_flag=True, help="Also write probabilities/<stem>.npy (float32 nucleus probability).")
 @click.option("--gt", "gt_dir", type=click.Path(path_type=Path),
               help="Folder of ground truth (ISBI layout EDFnnn_GT.png): score every prediction.")
+@click.option("--gt-rule", type=click.Choice(GT_RULES), default="auto", show_default=True,
+              help="How the ground truth becomes nucleus masks, as prep run's --gt-rule: auto fills outline GT "
+                   "(EDF000–003) with its line; auto-interior without it.")
 @click.option("--dataset", "dataset_path", type=click.Path(path_type=Path),
               help="A `prep run` output: predict the full-size source images of --split (scored against their GT).")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True,
@@ -147,7 +151,7 @@ def _finite(ctx, param, value):
 def cli(config_path: Path | None, model_path: Path | None, overrides, input_path: Path | None,
         output_path: Path | None, overlap: float, preset: str, tta: bool | None,
         tta_mode: str | None, precision: str | None, xla: bool, batch_size: int, save_prob: bool,
-        gt_dir: Path | None, dataset_path: Path | None, split: str,
+        gt_dir: Path | None, gt_rule: str, dataset_path: Path | None, split: str,
         mode: str, threshold: float, min_area: int, fill_holes: bool, exclude_border: bool,
         field_edges_path: Path | None, split_touching: bool, min_confidence: float | None, write_labels: bool,
         write_geojson: bool, max_pixels: int,
@@ -219,7 +223,8 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
                                min_area=min_area, fill_holes=fill_holes, exclude_border=exclude_border,
                                field_edges=field_edges, split_touching=split_touching, min_confidence=min_confidence,
                                write_labels=write_labels,
-                               write_geojson=write_geojson, max_pixels=max_pixels, precision=precision, xla=xla)
+                               write_geojson=write_geojson, max_pixels=max_pixels, precision=precision, xla=xla,
+                               gt_rule=gt_rule)
         model = load_trained(config, (None, None) if options.mode == "whole" else None, precision=options.precision,
                              jit_compile=options.xla)
         record = {**run_record(config, options, model_path, len(inputs)), "preset": preset,
@@ -260,7 +265,7 @@ def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | No
                  split_touching: bool, min_confidence: float | None = None, save_prob: bool = False, field_edges=None,
                  write_labels: bool = True,
                  write_geojson: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, preset: str = "recommended",
-                 precision: str | None = None, xla: bool = False, **_ignored):
+                 precision: str | None = None, xla: bool = False, gt_rule: str = "auto", **_ignored):
     """InferOptions from the CLI's values, each one not given (None) taken from ``preset`` (the benches parse flags
     with ``cli.make_context`` and call this too)."""
     from infer.run import InferOptions
@@ -275,7 +280,8 @@ def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | No
                         fill_holes=chosen["fill_holes"], exclude_border=chosen["exclude_border"],
                         field_edges=field_edges or {}, split_touching=split_touching,
                         min_confidence=chosen["min_confidence"], labels=write_labels,
-                        geojson=write_geojson, max_pixels=max_pixels, precision=chosen["precision"], xla=xla)
+                        geojson=write_geojson, max_pixels=max_pixels, precision=chosen["precision"], xla=xla,
+                        gt_rule=gt_rule)
 
 
 def run_record(config, options, model_path: Path | None, inputs: int) -> dict:

@@ -49,6 +49,7 @@ class InferOptions:
     labels: bool = True  # labels/<stem>.png, 16-bit instance ids
     geojson: bool = True  # geojson/<stem>.geojson, one polygon per nucleus (QuPath)
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images (by their header) are skipped, not decoded
+    gt_rule: str = "auto"  # how --gt's images become nucleus masks (prep.truth.GT_RULES)
     precision: str = "float32"  # the network's compute: float32 | bfloat16 (train.model.PRECISIONS)
     xla: bool = False  # compile the prediction with XLA
 
@@ -223,7 +224,7 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None
 
 
 def _read_truth(image: Path, shape: tuple[int, ...], truth_of: Callable[[Path], Path | None] | None,
-                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, rule: str = "auto") -> np.ndarray | None:
     """The image's ground truth as a nucleus mask (outline GT filled, with a warning), or None when not scored."""
     if truth_of is None:
         return None
@@ -231,7 +232,7 @@ def _read_truth(image: Path, shape: tuple[int, ...], truth_of: Callable[[Path], 
     if truth_path is None:
         warnings.warn(f"no ground truth for {image.name}: not scored", stacklevel=3)
         return None
-    truth = read_truth(truth_path, max_pixels=max_pixels)
+    truth = read_truth(truth_path, rule, max_pixels=max_pixels)
     if truth.mask.shape != shape:
         raise TruthError(f"{truth_path}: size {truth.mask.shape[1]}×{truth.mask.shape[0]} differs from {image.name} "
                          f"({shape[1]}×{shape[0]})")
@@ -350,7 +351,7 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
             for path in inputs:
                 try:
                     rgb = read_image(path, options.max_pixels)
-                    truth = _read_truth(path, rgb.shape[:2], truth_of, options.max_pixels)
+                    truth = _read_truth(path, rgb.shape[:2], truth_of, options.max_pixels, options.gt_rule)
                 except (ImageReadError, TruthError) as err:
                     # One bad file costs its own prediction only: named here, in predictions.csv and the exit status.
                     warnings.warn(f"skipping {err}", stacklevel=2)

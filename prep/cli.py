@@ -93,7 +93,9 @@ def cli() -> None:
               help="Source to leave out (e.g. EDF000); repeat or separate with commas.")
 @click.option("--gt-rule", "--mask-rule", "gt_rule", type=click.Choice(GT_RULES), default="auto", show_default=True,
               help="How GT pixels become nucleus. auto: filled masks (8/16-bit, RGB) as any non-black pixel, "
-                   "closed nucleus outlines (EDF000–003) filled, with a warning; outline: fill every contour; "
+                   "closed nucleus outlines (EDF000–003) filled, with a warning; auto-interior: as auto, but an "
+                   "outline's own line (about a pixel outside the nucleus's edge) is left out; outline: fill every "
+                   "contour; "
                    "nonzero: any non-black pixel, never filled; half: ≥128; otsu; blur-otsu (the reference's).")
 @click.option("--tile-size", type=int, default=512, show_default=True, help="Tile edge in pixels.")
 @click.option("--skip-empty/--keep-empty", default=True, show_default=True,

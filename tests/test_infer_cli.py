@@ -36,7 +36,8 @@ SIZES = [(1024, 1024), (512, 1536), (901, 700), (300, 300)]
 def make_project(root: Path, layers: int = 3, weights_layers: int | None = None, fit_steps: int = 80) -> Path:
     """A config and the weights of a seeded FlexUNet (``weights_layers`` deep) in its model_dir, fitted for
     ``fit_steps`` steps on 64² crops of dark discs. An untrained model's noise is ~10⁵ one-pixel "nuclei" per field,
-    whose measuring took most of this module's time; 80 steps find the discs (pooled Dice > 0.9, asserted below) in a few seconds."""
+    whose measuring took most of this module's time; 80 steps find the discs (pooled Dice > 0.9, asserted below)
+    in a few seconds."""
     import keras
 
     from train.config import load_config
@@ -289,6 +290,17 @@ def test_outline_ground_truth_is_filled_and_open_contours_skip_only_their_image(
         scored[label] = next(r for r in read_csv(tmp_path / label / "scores.csv") if r["file"] == "EDF300x300.png")
     assert "outline-gt/EDF300x300_GT.png: outline ground truth" in result.output
     assert scored["outline"] == scored["filled"]  # the outlines, filled, are the same nuclei
+    # --gt-rule auto-interior: the outlines score as the filled masks less their line would.
+    interior = tmp_path / "interior-gt"
+    interior.mkdir()
+    cv2.imwrite(str(interior / "EDF300x300_GT.png"), np.where(outline > 0, 0, filled).astype(np.uint8))
+    (interior / "EDF512x1536_GT.png").symlink_to(images / "EDF512x1536_GT.png")
+    for label, gt, rule in (("inner", interior, "auto"), ("outline-interior", outlines, "auto-interior")):
+        result = invoke("--config", project, "--input", inputs, "--output", tmp_path / label, "--gt", gt,
+                        "--gt-rule", rule, "--no-geojson", "--no-progress")
+        assert result.exit_code == 0, result.output
+        scored[label] = next(r for r in read_csv(tmp_path / label / "scores.csv") if r["file"] == "EDF300x300.png")
+    assert scored["outline-interior"] == scored["inner"] != scored["filled"]
     cv2.imwrite(str(outlines / "EDF300x300_GT.png"), arcs)
     result = invoke("--config", project, "--input", inputs, "--output", tmp_path / "open", "--gt", outlines,
                     "--no-geojson", "--no-progress")

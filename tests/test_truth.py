@@ -86,6 +86,21 @@ def test_nonzero_keeps_outlines_as_drawn_and_outline_fills_them():
     np.testing.assert_array_equal(interpret(outlines, "outline").mask, interpret(outlines).mask)
 
 
+def test_auto_interior_leaves_an_outlines_own_line_out_and_filled_masks_as_they_are():
+    shapes = polygons()
+    outlines = drawn(shapes)
+    truth = interpret(outlines, "auto-interior")
+    assert truth.form == OUTLINE and truth.nuclei == len(shapes)
+    np.testing.assert_array_equal(truth.mask, (drawn(shapes, filled=True) > 0) & (outlines == 0))
+    assert not (truth.mask & (outlines > 0)).any() and truth.mask.sum() < interpret(outlines).mask.sum()
+    deep = drawn(polygons(seed=5), filled=True, dtype=np.uint16)
+    np.testing.assert_array_equal(interpret(deep, "auto-interior").mask, deep > 0)
+    mixed = drawn(shapes[1:])
+    cv2.polylines(mixed, [shapes[0][:20]], False, 200, 1)  # one open contour among closed ones
+    with pytest.raises(TruthError, match="do not close"):
+        interpret(mixed, "auto-interior", name="mixed")
+
+
 def test_open_contours_are_refused_naming_the_file(tmp_path: Path):
     shapes = polygons()
     arcs = np.zeros((160, 160), np.uint8)
@@ -130,6 +145,14 @@ def test_shared_outline_fields_fill_to_their_nuclei(isbi: Path):
         assert truth.nuclei == nuclei, name
         assert 0.0095 <= truth.nucleus_fraction <= 0.0135, name  # 1.0–1.3 %; as rings they held 0.2–0.3 %
         assert read_truth(EDF / f"{name}_GT.png", "nonzero").nucleus_fraction < 0.003, name
+
+
+def test_shared_outline_fields_read_by_their_interior_lose_their_line(isbi: Path):
+    for name in OUTLINE_FIELDS:
+        line = read_truth(EDF / f"{name}_GT.png", "nonzero").mask
+        whole, interior = (read_truth(EDF / f"{name}_GT.png", rule).mask for rule in ("auto", "auto-interior"))
+        np.testing.assert_array_equal(interior, whole & ~line)
+        assert 0.7 <= interior.sum() / whole.sum() <= 0.85, name  # the line is a fifth of a filled outline
 
 
 def test_shared_16bit_field_is_exact(isbi: Path):
