@@ -237,7 +237,7 @@ def _read_truth(image: Path, shape: tuple[int, ...], truth_of: Callable[[Path], 
         raise TruthError(f"{truth_path}: size {truth.mask.shape[1]}×{truth.mask.shape[0]} differs from {image.name} "
                          f"({shape[1]}×{shape[0]})")
     if truth.form == OUTLINE:
-        warnings.warn(describe(truth, str(truth_path)), stacklevel=3)
+        warnings.warn(describe(truth, str(truth_path), rule), stacklevel=3)
     return truth.mask
 
 

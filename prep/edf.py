@@ -312,7 +312,7 @@ def check_truths(refs: Sequence[SourceRef], gt_rule: str = "auto",
         except ValueError as err:  # a .mat entry of an unexpected shape
             raise InputError(f"{ref.mask_path}: entry {ref.index}: {err}") from None
         if truth.form == OUTLINE:
-            warn(describe(truth, str(ref.mask_path)))
+            warn(describe(truth, str(ref.mask_path), gt_rule))
         ref = replace(ref, gt_form=truth.form, nuclei=truth.nuclei, nucleus_fraction=truth.nucleus_fraction)
         checked.append(ref)
     return checked

@@ -115,7 +115,8 @@ def read_truth(path: str | os.PathLike, rule: str = "auto", max_pixels: int | No
     return interpret(decode(path, max_pixels), rule, str(path))
 
 
-def describe(truth: Truth, name: str) -> str:
+def describe(truth: Truth, name: str, rule: str = "auto") -> str:
     """The warning an outline GT gets: what was filled, so a wrong reading stands out."""
-    return (f"{name}: outline ground truth (closed nucleus contours): filled, {truth.nuclei} nuclei, "
+    how = "filled without its line" if rule == "auto-interior" else "filled"
+    return (f"{name}: outline ground truth (closed nucleus contours): {how}, {truth.nuclei} nuclei, "
             f"{100 * truth.nucleus_fraction:.2f} % nucleus pixels")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from prep.cli import cli
 from prep.edf import InputError, discover, load_source
-from prep.truth import FILLED, OUTLINE, TruthError, interpret, read_truth
+from prep.truth import FILLED, OUTLINE, TruthError, describe, interpret, read_truth
 from tests.conftest import SHARED, tree_digest
 
 ISBI = SHARED / "data" / "isbi2014"
@@ -93,6 +93,8 @@ def test_auto_interior_leaves_an_outlines_own_line_out_and_filled_masks_as_they_
     assert truth.form == OUTLINE and truth.nuclei == len(shapes)
     np.testing.assert_array_equal(truth.mask, (drawn(shapes, filled=True) > 0) & (outlines == 0))
     assert not (truth.mask & (outlines > 0)).any() and truth.mask.sum() < interpret(outlines).mask.sum()
+    assert "filled without its line, 6 nuclei" in describe(truth, "EDF900_GT.png", "auto-interior")
+    assert "filled, 6 nuclei" in describe(interpret(outlines), "EDF900_GT.png")
     deep = drawn(polygons(seed=5), filled=True, dtype=np.uint16)
     np.testing.assert_array_equal(interpret(deep, "auto-interior").mask, deep > 0)
     mixed = drawn(shapes[1:])
