@@ -56,9 +56,13 @@ def reinfer(run: Path, test: Path, flags: list[str], output: Path) -> dict:
     rows = _read_rows(output / "scores.csv")
     seconds = [float(row["seconds"]) for row in _read_rows(output / "predictions.csv")]
     pooled = next(row for row in rows if row["file"] == "POOLED")
+    images = {row["file"]: {"nucleus_dice": round(float(row["nucleus_dice"]), 4),
+                            "f1": round(float(row["object_f1"]), 4), "n_extra": int(row["n_extra"]),
+                            "n_missed": int(row["n_missed"])}
+              for row in rows if row["file"] != "POOLED"}
     return {"nucleus_dice": float(pooled["mean_nucleus_dice"]), "f1": float(pooled["object_f1"]),
             "fnro": float(pooled["fnro"]), "n_extra": int(pooled["n_extra"]), "n_missed": int(pooled["n_missed"]),
-            "seconds": seconds}
+            "seconds": seconds, "images": images}
 
 
 def compare(runs: Path, variants: dict[str, str], echo=click.echo) -> dict:
@@ -74,6 +78,7 @@ def compare(runs: Path, variants: dict[str, str], echo=click.echo) -> dict:
             "n_extra": sum(f["n_extra"] for f in per_fold), "n_missed": sum(f["n_missed"] for f in per_fold),
             "seconds_per_field": round(median(s for f in per_fold for s in f["seconds"]), 3),
             "folds": [round(f["nucleus_dice"], 4) for f in per_fold],
+            "images": {name: row for f in per_fold for name, row in f["images"].items()},  # each held-out field
         }
         r = results[name]
         echo(f"{name}: nucleus Dice {r['nucleus_dice']:.4f}, object F1 {r['f1']:.4f}, FNRo {r['fnro']:.4f}, "

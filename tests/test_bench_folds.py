@@ -161,6 +161,9 @@ def test_cli_runs_whole_field_folds_and_reports_every_field(tmp_path: Path):
                     echo=lambda _: None)
     assert again["same"]["folds"] == [f["nucleus_dice"] for f in summary["folds"]]
     assert set(again["whole"]) >= {"nucleus_dice", "f1", "fnro", "n_extra", "n_missed", "seconds_per_field"}
+    images = again["same"]["images"]  # every held-out field once, with the run's own per-field scores
+    assert images and {name: row["nucleus_dice"] for name, row in images.items()} == {
+        name: dice for fold in summary["folds"] for name, dice in fold["per_image_dice"].items()}
 
 
 def test_fold_line_reads_as_a_sentence():
