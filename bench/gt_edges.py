@@ -66,9 +66,11 @@ def half_crossing(profile: dict[int, float]) -> float | None:
     return None
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else 1.0
+def dice(truth: np.ndarray, prediction: np.ndarray) -> float:
+    from train.scores import dice_from_counts, pixel_counts
+
+    counts = pixel_counts(truth, prediction)
+    return dice_from_counts(counts["tp"], counts["fp"], counts["fn"])
 
 
 def prediction_row(grey: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> dict:
@@ -91,16 +93,16 @@ def _round(value):
 @click.option("--predictions", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Masks named as the fields (an infer output): their edges and Dice ±1 px, against the first rule.")
 def main(fields: Path, rules: tuple[str, ...], predictions: Path | None) -> None:
+    from prep.edf import InputError, discover_png_pairs
     from prep.truth import GT_RULES, read_truth
 
     for rule in rules:
         if rule not in GT_RULES:
             raise click.BadParameter(f"{rule!r} is not one of {', '.join(GT_RULES)}", param_hint="--gt-rule")
-    pairs = [(path, path.with_name(path.stem + "_GT.png")) for path in sorted(fields.glob("*.png"))
-             if not path.stem.endswith("_GT")]
-    pairs = [(image, truth) for image, truth in pairs if truth.is_file()]
-    if not pairs:
-        raise click.ClickException(f"{fields}: no image with a *_GT.png beside it")
+    try:
+        pairs = [(ref.image_path, ref.mask_path) for ref in discover_png_pairs(fields)]
+    except InputError as err:
+        raise click.ClickException(str(err)) from None
     rows = {}
     for image_path, truth_path in pairs:
         grey = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)

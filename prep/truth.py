@@ -26,7 +26,8 @@ from prep.imageio import DEFAULT_MAX_PIXELS, MASK_RULES, binarise, decode
 # an outline's own line is left out, only what it encloses is nucleus. The published outlines run about a pixel
 # outside the nucleus's edge, where the filled masks of EDF004–EDF015 end at it (docs/results.md, "Two ground-truth
 # edges"): auto-interior reads both forms with one edge.
-GT_RULES = ("auto", "auto-interior", "outline", *MASK_RULES)
+FILLING_RULES = ("auto", "auto-interior", "outline")  # the rules that may fill outlines; the rest binarise only
+GT_RULES = (*FILLING_RULES, *MASK_RULES)
 FILLED, OUTLINE = "filled", "outline"
 # Outline GT: the enclosed holes are more than this share of the filled area (EDF000–003: 0.77–0.80; a filled
 # nucleus mask has none, or a few pixels).
@@ -84,7 +85,7 @@ def interpret(annotation: np.ndarray, rule: str = "auto", name: str = "ground tr
     prep.imageio's (``nonzero`` is exact on filled masks and never fills)."""
     if rule not in GT_RULES:
         raise ValueError(f"unknown ground-truth rule {rule!r} (one of {', '.join(GT_RULES)})")
-    if rule not in ("auto", "auto-interior", "outline"):
+    if rule not in FILLING_RULES:
         mask = binarise(annotation, rule)
         return Truth(mask, FILLED, count_nuclei(mask))
     annotated = binarise(annotation, "nonzero")
