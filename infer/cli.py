@@ -101,9 +101,10 @@ def _finite(ctx, param, value):
 @click.option("--save-prob", is_flag=True, help="Also write probabilities/<stem>.npy (float32 nucleus probability).")
 @click.option("--gt", "gt_dir", type=click.Path(path_type=Path),
               help="Folder of ground truth (ISBI layout EDFnnn_GT.png): score every prediction.")
-@click.option("--gt-rule", type=click.Choice(GT_RULES), default="auto", show_default=True,
+@click.option("--gt-rule", type=click.Choice(GT_RULES), default=None,
               help="How the ground truth becomes nucleus masks, as prep run's --gt-rule: auto fills outline GT "
-                   "(EDF000–003) with its line; auto-interior without it.")
+                   "(EDF000–003) with its line; auto-interior without it; auto-ignore-line without it and scores "
+                   "its pixels as neither. Default: with --dataset the rule prep run used, else auto.")
 @click.option("--dataset", "dataset_path", type=click.Path(path_type=Path),
               help="A `prep run` output: predict the full-size source images of --split (scored against their GT).")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True,
@@ -164,6 +165,7 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
     from infer.run import (
         InferError,
         check_output,
+        dataset_gt_rule,
         dataset_sources,
         find_truth,
         list_inputs,
@@ -191,6 +193,8 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
             truths = dict(dataset_sources(dataset_path, split))
             inputs = list(truths)
             truth_of = truths.get
+            if gt_rule is None and gt_dir is None:
+                gt_rule = dataset_gt_rule(dataset_path)
         else:
             inputs = list_inputs(input_path or config.infer.images_dir)
         if shard is not None:
@@ -265,7 +269,7 @@ def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | No
                  split_touching: bool, min_confidence: float | None = None, save_prob: bool = False, field_edges=None,
                  write_labels: bool = True,
                  write_geojson: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, preset: str = "recommended",
-                 precision: str | None = None, xla: bool = False, gt_rule: str = "auto", **_ignored):
+                 precision: str | None = None, xla: bool = False, gt_rule: str | None = "auto", **_ignored):
     """InferOptions from the CLI's values, each one not given (None) taken from ``preset`` (the benches parse flags
     with ``cli.make_context`` and call this too)."""
     from infer.run import InferOptions
@@ -281,7 +285,7 @@ def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | No
                         field_edges=field_edges or {}, split_touching=split_touching,
                         min_confidence=chosen["min_confidence"], labels=write_labels,
                         geojson=write_geojson, max_pixels=max_pixels, precision=chosen["precision"], xla=xla,
-                        gt_rule=gt_rule)
+                        gt_rule=gt_rule or "auto")
 
 
 def run_record(config, options, model_path: Path | None, inputs: int) -> dict:

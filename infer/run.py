@@ -15,7 +15,7 @@ import numpy as np
 
 from prep.atomic import OutputError, atomic_output, output_relation
 from prep.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageReadError, luma, read_image, write_png
-from prep.truth import OUTLINE, TruthError, describe, read_truth
+from prep.truth import OUTLINE, Truth, TruthError, describe, read_truth
 from train.config import Config
 
 GT_SUFFIX = "_GT"
@@ -131,21 +131,36 @@ def find_truth(gt_dir: Path, image: Path) -> Path | None:
     return None
 
 
-def dataset_sources(dataset: Path, split: str) -> list[tuple[Path, Path]]:
-    """(image, ground truth) of the full-size sources that `prep run` put in ``split`` (from prep.json), so
-    a model can be scored on whole images it never saw in training."""
+def _dataset_record(dataset: Path) -> dict:
     import json
 
     record_path = dataset / "prep.json"
     try:
-        record = json.loads(record_path.read_text())
+        return json.loads(record_path.read_text())
     except (OSError, ValueError) as err:
         raise InferError(f"{record_path}: cannot read the dataset record ({err})") from None
+
+
+def dataset_sources(dataset: Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, ground truth) of the full-size sources that `prep run` put in ``split`` (from prep.json), so
+    a model can be scored on whole images it never saw in training."""
+    record = _dataset_record(dataset)
     pairs = [(Path(entry["image"]), Path(entry["mask"])) for entry in record.get("inputs", [])
              if entry.get("split") == split and entry.get("index") is None]
     if not pairs:
-        raise InferError(f"{record_path}: no PNG source images in split {split!r}")
+        raise InferError(f"{dataset / 'prep.json'}: no PNG source images in split {split!r}")
     return pairs
+
+
+def dataset_gt_rule(dataset: Path) -> str:
+    """The --gt-rule `prep run` read the dataset's ground truth with (prep.json; "auto" in records before it was
+    kept), so its sources are scored as they were tiled."""
+    from prep.truth import GT_RULES
+
+    rule = _dataset_record(dataset).get("parameters", {}).get("gt_rule", "auto")
+    if rule not in GT_RULES:
+        raise InferError(f"{dataset / 'prep.json'}: gt_rule {rule!r} is not one of {', '.join(GT_RULES)}")
+    return rule
 
 
 def model_input(rgb: np.ndarray, config: Config) -> np.ndarray:
@@ -224,8 +239,8 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None
 
 
 def _read_truth(image: Path, shape: tuple[int, ...], truth_of: Callable[[Path], Path | None] | None,
-                max_pixels: int | None = DEFAULT_MAX_PIXELS, rule: str = "auto") -> np.ndarray | None:
-    """The image's ground truth as a nucleus mask (outline GT filled, with a warning), or None when not scored."""
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, rule: str = "auto") -> Truth | None:
+    """The image's ground truth (outline GT filled, with a warning), or None when not scored."""
     if truth_of is None:
         return None
     truth_path = truth_of(image)
@@ -238,7 +253,7 @@ def _read_truth(image: Path, shape: tuple[int, ...], truth_of: Callable[[Path], 
                          f"({shape[1]}×{shape[0]})")
     if truth.form == OUTLINE:
         warnings.warn(describe(truth, str(truth_path), rule), stacklevel=3)
-    return truth.mask
+    return truth
 
 
 @dataclass
@@ -255,9 +270,9 @@ class ImageResult:
 
 
 def predict_image(path: Path, rgb: np.ndarray, truth: np.ndarray | None, config: Config, predict_batch,
-                  options: InferOptions, probability_out=None) -> ImageResult:
+                  options: InferOptions, probability_out=None, truth_ignore: np.ndarray | None = None) -> ImageResult:
     """One image: probabilities → mask → clean-up → labels → measurements → scores (no file written but the
-    streamed ``probability_out``)."""
+    streamed ``probability_out``). ``truth_ignore``: pixels scored as neither nucleus nor background."""
     from infer.measure import (
         EDGES,
         clean_mask,
@@ -297,7 +312,7 @@ def predict_image(path: Path, rgb: np.ndarray, truth: np.ndarray | None, config:
            else count_tiles(height, width, tile, options.overlap),
            "nuclei": len(nuclei), "nucleus_area_fraction": float(mask.mean()),
            "seconds": time.monotonic() - start}
-    scores = score_masks(truth, mask) if truth is not None else None
+    scores = score_masks(truth, mask, ignore=truth_ignore) if truth is not None else None
     return ImageResult(path, mask, labels, nuclei, truth, scores, row)
 
 
@@ -363,7 +378,8 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
                 probability = None
                 if options.save_prob:
                     probability = NpyRowWriter(temp / "probabilities" / f"{path.stem}.npy", rgb.shape[:2])
-                image = predict_image(path, rgb, truth, config, predict_batch, options, probability)
+                image = predict_image(path, rgb, None if truth is None else truth.mask, config, predict_batch, options,
+                                      probability, None if truth is None else truth.ignore)
                 if probability is not None:
                     probability.close()
                 write_image(temp, image, rgb, options)

@@ -244,7 +244,8 @@ RANDOM_KINDS = frozenset({"elastic", "distort"})
 
 
 def apply(spec: AugSpec, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None):
-    """Apply one augmentation to an RGB uint8 image and a uint8 {0,255} mask of the same size."""
+    """Apply one augmentation to an RGB uint8 image and a uint8 mask of the same size (its levels, prep.imageio's
+    0 / 255 and maybe 128, are kept exactly: the mask is sampled with nearest neighbour)."""
     height, width = mask.shape[:2]
     if spec.kind == "hflip":
         return image[:, ::-1].copy(), mask[:, ::-1].copy()

@@ -25,8 +25,8 @@ import numpy as np
 from prep import __version__
 from prep.atomic import atomic_output
 from prep.augment import RANDOM_KINDS, AugSpec, apply
-from prep.edf import SourceRef, load_source, sha256
-from prep.imageio import DEFAULT_MAX_PIXELS, encode_png, mask_to_rgb
+from prep.edf import SourceRef, load_source_truth, sha256
+from prep.imageio import DEFAULT_MAX_PIXELS, NUCLEUS_LEVEL, encode_png, mask_to_rgb
 from prep.split import SPLITS, check_disjoint
 from prep.tiling import crop, grid, pad_to_grid, tile_name
 
@@ -62,20 +62,24 @@ def tile_rng(seed: int, name: str, spec: AugSpec) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
-def tiles_of_source(image: np.ndarray, mask: np.ndarray, source: str, split: str,
+def tiles_of_source(image: np.ndarray, levels: np.ndarray, source: str, split: str,
                     settings: TileSettings) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
-    """Yield (manifest row, RGB tile, {0,255} mask tile) for one source: originals, then augmentations."""
+    """Yield (manifest row, RGB tile, mask tile) for one source: originals, then augmentations. ``levels`` and the
+    mask tiles are uint8 in the tile masks' levels (prep.imageio: 0, NUCLEUS_LEVEL and maybe IGNORE_LEVEL); a
+    boolean nucleus mask is taken as 0/NUCLEUS_LEVEL."""
     size = settings.tile_size
+    if levels.dtype == bool:
+        levels = levels.astype(np.uint8) * NUCLEUS_LEVEL
     padded_image = pad_to_grid(image, size)
-    padded_mask = pad_to_grid(mask.astype(np.uint8) * 255, size)
+    padded_mask = pad_to_grid(levels, size)
     specs = settings.augmentations if split in settings.augment_splits else ()
-    for tile in grid(*mask.shape, size):
+    for tile in grid(*levels.shape, size):
         base = tile_name(source, tile)
         tile_image = np.ascontiguousarray(crop(padded_image, tile, size))
         tile_mask = np.ascontiguousarray(crop(padded_mask, tile, size))
         position = {"split": split, "source": source, "row": tile.row, "col": tile.col,
                     "y": tile.y, "x": tile.x}
-        if settings.skip_empty and not tile_mask.any():
+        if settings.skip_empty and not (tile_mask == NUCLEUS_LEVEL).any():
             yield {**position, "file": None}, tile_image, tile_mask
             continue
         yield {**position, "file": f"{base}.png", "augmentation": "none", "params": "{}"}, tile_image, tile_mask
@@ -84,25 +88,24 @@ def tiles_of_source(image: np.ndarray, mask: np.ndarray, source: str, split: str
             aug_image, aug_mask = apply(spec, tile_image, tile_mask, rng)
             row = {**position, "file": f"{spec.prefix}_{base}.png", "augmentation": spec.kind,
                    "params": json.dumps(spec.params, sort_keys=True)}
-            if settings.skip_empty and not aug_mask.any():
+            if settings.skip_empty and not (aug_mask == NUCLEUS_LEVEL).any():
                 row["file"] = None  # the distortion pushed every nucleus out of the tile
             yield row, aug_image, aug_mask
 
 
 def process_source(ref: SourceRef, split: str, out_dir: Path, settings: TileSettings) -> SourceResult:
     """Tile (and augment) one source into ``out_dir/<split>/{images,masks}``."""
-    image, mask = load_source(ref, settings.gt_rule, settings.max_pixels)
-    result = SourceResult(ref.name, split, *mask.shape)
+    image, truth = load_source_truth(ref, settings.gt_rule, settings.max_pixels)
+    result = SourceResult(ref.name, split, *truth.mask.shape)
     images_dir = out_dir / split / "images"
     masks_dir = out_dir / split / "masks"
-    for row, tile_image, tile_mask in tiles_of_source(image, mask, ref.name, split, settings):
+    for row, tile_image, tile_mask in tiles_of_source(image, truth.levels(), ref.name, split, settings):
         if row["file"] is None:
             result.skipped_empty += 1
             continue
         (images_dir / row["file"]).write_bytes(encode_png(tile_image, settings.png_compression))
-        (masks_dir / row["file"]).write_bytes(encode_png(mask_to_rgb(tile_mask > 0),
-                                                         settings.png_compression))
-        row["nucleus_fraction"] = f"{np.count_nonzero(tile_mask) / tile_mask.size:.6f}"
+        (masks_dir / row["file"]).write_bytes(encode_png(mask_to_rgb(tile_mask), settings.png_compression))
+        row["nucleus_fraction"] = f"{np.count_nonzero(tile_mask == NUCLEUS_LEVEL) / tile_mask.size:.6f}"
         result.rows.append(row)
     return result
 

@@ -273,18 +273,26 @@ def _mat_image(value: object) -> np.ndarray:
 def load_source(ref: SourceRef, gt_rule: str = "auto",
                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 image, boolean nucleus mask) of one source."""
+    image, truth = load_source_truth(ref, gt_rule, max_pixels)
+    return image, truth.mask
+
+
+def load_source_truth(ref: SourceRef, gt_rule: str = "auto",
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Truth]:
+    """(RGB uint8 image, its Truth) of one source; ``Truth.levels()`` is what its tile masks hold."""
     if ref.image_key is None:
         image = read_image(ref.image_path, max_pixels)
     else:
         image = _mat_image(_entries(mat_variables(ref.image_path)[ref.image_key])[ref.index])
     if ref.index is None:
-        mask = read_truth(ref.mask_path, gt_rule, max_pixels).mask
-        if image.shape[:2] != mask.shape:
+        truth = read_truth(ref.mask_path, gt_rule, max_pixels)
+        if image.shape[:2] != truth.mask.shape:
             raise ImageReadError(f"{ref.mask_path}: size differs from its image {ref.image_path.name}")
     else:
         # The challenge's MATLAB ground truth holds filled masks (one per nucleus, or one per image).
         mask = _merge_masks(_entries(mat_variables(ref.mask_path)[ref.mask_key])[ref.index])
-    return image, mask
+        truth = Truth(mask, FILLED, count_nuclei(mask))
+    return image, truth
 
 
 def check_truths(refs: Sequence[SourceRef], gt_rule: str = "auto",

@@ -167,9 +167,15 @@ def read_mask(path: str | os.PathLike, rule: str = "nonzero",
     return binarise(decode(Path(path), max_pixels), rule)
 
 
+# The tile masks' levels (the contract, docs/prep.md): white nucleus on black, the reference's format, and mid-grey
+# for pixels that are neither (an outline GT's own line under --gt-rule auto-ignore-line), which training ignores
+# where the config's [mask] rgb_map maps (128,128,128) to class -1.
+NUCLEUS_LEVEL, IGNORE_LEVEL = 255, 128
+
+
 def mask_to_rgb(mask: np.ndarray) -> np.ndarray:
-    """Boolean mask → uint8 H×W×3 with white nuclei on black, the reference's mask format."""
-    plane = mask.astype(np.uint8) * 255
+    """Boolean mask, or uint8 levels (0, IGNORE_LEVEL, NUCLEUS_LEVEL) → uint8 H×W×3 in the tile masks' format."""
+    plane = mask.astype(np.uint8) * NUCLEUS_LEVEL if mask.dtype == bool else mask.astype(np.uint8)
     return np.repeat(plane[:, :, None], 3, axis=2)
 
 

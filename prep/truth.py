@@ -20,13 +20,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from prep.imageio import DEFAULT_MAX_PIXELS, MASK_RULES, binarise, decode
+from prep.imageio import DEFAULT_MAX_PIXELS, IGNORE_LEVEL, MASK_RULES, NUCLEUS_LEVEL, binarise, decode
 
 # auto: filled masks as they are (nonzero), outlines filled with their contour line; auto-interior: the same, but
-# an outline's own line is left out, only what it encloses is nucleus. The published outlines run about a pixel
-# outside the nucleus's edge, where the filled masks of EDF004–EDF015 end at it (docs/results.md, "Two ground-truth
-# edges"): auto-interior reads both forms with one edge.
-FILLING_RULES = ("auto", "auto-interior", "outline")  # the rules that may fill outlines; the rest binarise only
+# an outline's own line is left out, only what it encloses is nucleus; auto-ignore-line: what it encloses is
+# nucleus and the line itself is neither nucleus nor background (Truth.ignore: tile masks write it as
+# prep.imageio.IGNORE_LEVEL, which training skips). The published outlines run about a pixel outside the nucleus's
+# edge, where the filled masks of EDF004–EDF015 end at it (docs/results.md, "Two ground-truth edges").
+FILLING_RULES = ("auto", "auto-interior", "auto-ignore-line", "outline")  # may fill outlines; the rest binarise only
+LINE_LEFT_OUT = ("auto-interior", "auto-ignore-line")  # an outline's own line is not nucleus
 GT_RULES = (*FILLING_RULES, *MASK_RULES)
 FILLED, OUTLINE = "filled", "outline"
 # Outline GT: the enclosed holes are more than this share of the filled area (EDF000–003: 0.77–0.80; a filled
@@ -51,10 +53,18 @@ class Truth:
     mask: np.ndarray  # bool H×W
     form: str  # FILLED or OUTLINE (filled by us)
     nuclei: int  # 4-connected components of the mask
+    ignore: np.ndarray | None = None  # bool H×W: neither nucleus nor background (auto-ignore-line), or None
 
     @property
     def nucleus_fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
+
+    def levels(self) -> np.ndarray:
+        """uint8 H×W in the tile masks' levels: 0 background, NUCLEUS_LEVEL nucleus, IGNORE_LEVEL ignored."""
+        levels = self.mask.astype(np.uint8) * NUCLEUS_LEVEL
+        if self.ignore is not None:
+            levels[self.ignore] = IGNORE_LEVEL
+        return levels
 
 
 def count_nuclei(mask: np.ndarray) -> int:
@@ -81,8 +91,9 @@ def interpret(annotation: np.ndarray, rule: str = "auto", name: str = "ground tr
 
     ``auto``: a filled mask is taken as it is (any non-black pixel), an outline mask is filled, thin lines that do
     not close are refused (TruthError naming ``name``). ``auto-interior``: as ``auto``, but an outline's own line
-    is not nucleus, only what it encloses. ``outline``: fill whatever contours there are. The other rules are
-    prep.imageio's (``nonzero`` is exact on filled masks and never fills)."""
+    is not nucleus, only what it encloses. ``auto-ignore-line``: as ``auto-interior``, and the line is
+    ``Truth.ignore`` (neither nucleus nor background). ``outline``: fill whatever contours there are. The other
+    rules are prep.imageio's (``nonzero`` is exact on filled masks and never fills)."""
     if rule not in GT_RULES:
         raise ValueError(f"unknown ground-truth rule {rule!r} (one of {', '.join(GT_RULES)})")
     if rule not in FILLING_RULES:
@@ -100,9 +111,10 @@ def interpret(annotation: np.ndarray, rule: str = "auto", name: str = "ground tr
             raise TruthError(f"{name}: an outline ground truth with {len(open_pieces)} contour(s) that do not "
                              f"close (the first near x={x}, y={y}): they cannot be filled; close them, or give "
                              "--gt-rule outline to fill the closed ones and keep the rest as drawn")
-        if rule == "auto-interior":
+        if rule in LINE_LEFT_OUT:
             filled = filled & ~annotated
-        return Truth(filled, OUTLINE, count_nuclei(filled))
+        ignore = annotated if rule == "auto-ignore-line" else None
+        return Truth(filled, OUTLINE, count_nuclei(filled), ignore)
     if _thin(annotated):
         raise TruthError(f"{name}: the ground truth is thin lines (nucleus outlines?) that enclose almost nothing "
                          f"({enclosed} of {np.count_nonzero(filled)} pixels): its contours do not close. Close "
@@ -118,6 +130,7 @@ def read_truth(path: str | os.PathLike, rule: str = "auto", max_pixels: int | No
 
 def describe(truth: Truth, name: str, rule: str = "auto") -> str:
     """The warning an outline GT gets: what was filled, so a wrong reading stands out."""
-    how = "filled without its line" if rule == "auto-interior" else "filled"
+    how = {"auto-interior": "filled without its line",
+           "auto-ignore-line": "filled without its line, which is ignored in training"}.get(rule, "filled")
     return (f"{name}: outline ground truth (closed nucleus contours): {how}, {truth.nuclei} nuclei, "
             f"{100 * truth.nucleus_fraction:.2f} % nucleus pixels")

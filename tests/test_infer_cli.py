@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from infer.cli import cli as infer_cli
+from prep.cli import cli as prep_cli
 from tests.conftest import REPO, random_pair
 
 CONFIG = """
@@ -301,6 +302,30 @@ def test_outline_ground_truth_is_filled_and_open_contours_skip_only_their_image(
         assert result.exit_code == 0, result.output
         scored[label] = next(r for r in read_csv(tmp_path / label / "scores.csv") if r["file"] == "EDF300x300.png")
     assert scored["outline-interior"] == scored["inner"] != scored["filled"]
+    # auto-ignore-line: the interior is nucleus and the line's pixels count for neither side.
+    result = invoke("--config", project, "--input", inputs, "--output", tmp_path / "ignore-line", "--gt", outlines,
+                    "--gt-rule", "auto-ignore-line", "--no-geojson", "--no-progress")
+    assert result.exit_code == 0, result.output
+    ignoring = next(r for r in read_csv(tmp_path / "ignore-line" / "scores.csv") if r["file"] == "EDF300x300.png")
+    assert (ignoring["tp"], ignoring["fn"]) == (scored["inner"]["tp"], scored["inner"]["fn"])
+    assert int(ignoring["fp"]) < int(scored["inner"]["fp"])  # the model draws the line, which no longer counts
+    # --dataset scores a prep run's sources by the rule prep read them with, unless told otherwise.
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    for name in ("EDF300x300", "EDF512x1536"):
+        (fields / f"{name}.png").symlink_to(images / f"{name}.png")
+        (fields / f"{name}_GT.png").symlink_to(outlines / f"{name}_GT.png")
+    cv2.imwrite(str(outlines / "EDF300x300_GT.png"), outline)
+    dataset = tmp_path / "dataset"
+    prepped = CliRunner().invoke(prep_cli, ["run", "--input", str(fields), "--output", str(dataset), "--no-augment",
+                                            "--split", "0,0,1", "--gt-rule", "auto-interior", "--no-progress"])
+    assert prepped.exit_code == 0, prepped.output
+    for label, extra in (("dataset-recorded", []), ("dataset-auto", ["--gt-rule", "auto"])):
+        result = invoke("--config", project, "--dataset", dataset, "--split", "test", "--output", tmp_path / label,
+                        *extra, "--no-geojson", "--no-progress")
+        assert result.exit_code == 0, result.output
+        scored[label] = next(r for r in read_csv(tmp_path / label / "scores.csv") if r["file"] == "EDF300x300.png")
+    assert scored["dataset-recorded"] == scored["inner"] and scored["dataset-auto"] == scored["filled"]
     cv2.imwrite(str(outlines / "EDF300x300_GT.png"), arcs)
     result = invoke("--config", project, "--input", inputs, "--output", tmp_path / "open", "--gt", outlines,
                     "--no-geojson", "--no-progress")

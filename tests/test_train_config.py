@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, SHARED
-from train.config import ConfigError, load_config
+from train.config import IGNORE_CLASS, ConfigError, load_config
 
 REFERENCE = SHARED / "data" / "reference-config" / "train_eval_infer.config"
 
@@ -70,10 +70,17 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[train]\nmax_train_seconds = -5\n", "[train] max_train_seconds = -5: expected a positive value"),
     ("[mask]\nrgb_map = {(0,0,0):0,(255,255):1}\n", "[mask] rgb_map"),
     ("[mask]\nrgb_map = {(0,0,0):0,(255,255,255):2}\n", "num_classes"),
+    ("[mask]\nrgb_map = {(0,0,0):0,(255,255,255):1,(128,128,128):-2}\n", "[mask] rgb_map"),
+    ("[mask]\nrgb_map = {(0,0,0):0,(128,128,128):-1}\n", "num_classes"),  # -1 is no class
 ])
 def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str):
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         load_config(write(tmp_path, text))
+
+
+def test_a_colour_may_be_mapped_to_the_ignored_class(tmp_path: Path):
+    config = load_config(write(tmp_path, "[mask]\nrgb_map = {(0,0,0):0,(255,255,255):1,(128,128,128):-1}\n"))
+    assert config.mask.rgb_map[(128, 128, 128)] == IGNORE_CLASS == -1
 
 
 def test_choices_take_any_case_and_come_back_in_one_spelling(tmp_path: Path):

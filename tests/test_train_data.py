@@ -440,6 +440,25 @@ def test_tiff_tiles_are_read(tmp_path: Path):
     assert image.shape == (2, SIZE, SIZE, 3) and mask[:, :, :, 1].any()
 
 
+def test_a_colour_mapped_to_ignore_gives_an_all_zero_one_hot_row(tmp_path: Path):
+    images, masks = pairs(write_tiles(tmp_path, count=2))
+    mask = cv2.imread(masks[0], cv2.IMREAD_UNCHANGED)
+    line = (cv2.dilate(mask, np.ones((3, 3), np.uint8)) > 0) & (mask == 0)  # a ring round each disc
+    mask[line] = 128  # prep's IGNORE_LEVEL
+    cv2.imwrite(masks[0], mask)
+    ignoring = {**RGB_MAP, (128, 128, 128): -1}
+    check_masks(masks, ignoring)
+    with pytest.raises(DataError, match=r"value \(128,128,128\) is not in \[mask\] rgb_map.*auto-ignore-line"):
+        check_masks(masks, RGB_MAP)
+    _, one_hot = first_batch(make_dataset(images, masks, ignoring, 2, (SIZE, SIZE), batch_size=2))
+    grey = mask if mask.ndim == 2 else mask[:, :, 0]
+    np.testing.assert_array_equal(one_hot[0].sum(axis=-1) == 0, grey == 128)
+    np.testing.assert_array_equal(one_hot[0][:, :, 1] == 1, grey == 255)
+    np.testing.assert_array_equal(one_hot[1].sum(axis=-1), 1.0)  # a tile without the level: unchanged
+    with pytest.raises(DataError, match=r"class -2"):
+        make_dataset(images, masks, {**RGB_MAP, (128, 128, 128): -2}, 2, (SIZE, SIZE))
+
+
 def test_bad_rgb_map_names_the_key(tmp_path: Path):
     images, masks = pairs(write_tiles(tmp_path, count=1))
     with pytest.raises(DataError, match=r"\[mask\] rgb_map: class 2 .*\[model\] num_classes = 2"):

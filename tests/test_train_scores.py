@@ -195,6 +195,42 @@ def test_dice_hard_ce_averages_the_worst_tenth_of_the_pixels():
     assert LOSSES["dice_hard_ce"] is dice_hard_ce_loss
 
 
+@pytest.mark.parametrize("name", ["categorical_crossentropy", "dice_ce", "tversky_ce", "dice_hard_ce",
+                                  "nucleus_dice", "nucleus_iou", "dice_coef_multiclass"])
+def test_ignored_pixels_count_for_no_loss_or_metric(name):
+    """A pixel whose one-hot row is zero (rgb_map's class -1) changes nothing, whatever is predicted there."""
+    import keras
+
+    function = {**LOSSES, **METRICS}[name]
+    function = keras.losses.get(function) if isinstance(function, str) else function
+    rng = np.random.default_rng(4)
+    nucleus = np.stack([square((16, 16), (4, 10), (4, 10))] * 2)
+    truth = one_hot(nucleus)
+    probability = np.clip(rng.uniform(0.0, 1.0, (2, 16, 16)), 0.01, 0.99)
+    ring = np.stack([square((16, 16), (3, 11), (3, 11))] * 2) & ~nucleus
+    truth[ring] = 0.0  # the line around each square: ignored
+    scores = []
+    for there in (0.01, 0.99):  # background-sure, then nucleus-sure on the ignored ring
+        guess = probability.copy()
+        guess[ring] = there
+        scores.append(np.mean(np.asarray(function(truth, soft(guess)))))
+    assert scores[0] == pytest.approx(scores[1], rel=1e-5, abs=1e-6), scores
+    labelled = one_hot(nucleus)  # the same ring labelled as background: it counts
+    guess = probability.copy()
+    guess[ring] = 0.99
+    assert np.mean(np.asarray(function(labelled, soft(guess)))) != pytest.approx(scores[1], rel=1e-3)
+
+
+def test_score_masks_leaves_ignored_pixels_out_of_truth_and_prediction():
+    truth = square((32, 32), (8, 20), (8, 20))
+    pred = square((32, 32), (7, 21), (7, 21))  # one pixel wider all round
+    ring = pred & ~truth
+    assert score_masks(truth, pred)["fp"] == ring.sum()
+    ignored = score_masks(truth, pred, ignore=ring)
+    assert ignored["fp"] == 0 and ignored["nucleus_dice"] == 1.0
+    assert ignored == score_masks(truth, pred & ~ring)
+
+
 def test_every_loss_metric_and_activation_the_config_accepts_exists():
     import keras
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from prep.cli import cli
 from prep.edf import InputError, discover, load_source
+from prep.imageio import IGNORE_LEVEL, NUCLEUS_LEVEL
 from prep.truth import FILLED, OUTLINE, TruthError, describe, interpret, read_truth
 from tests.conftest import SHARED, tree_digest
 
@@ -138,6 +139,50 @@ def test_prep_refuses_open_contours_before_writing(tmp_path: Path):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "EDF000_GT.png" in result.output and "do not close" in result.output
     assert not (tmp_path / "out").exists() and tree_digest(folder) == before
+
+
+def test_auto_ignore_line_keeps_the_interior_and_marks_the_line_as_neither():
+    shapes = polygons()
+    outlines = drawn(shapes)
+    truth = interpret(outlines, "auto-ignore-line")
+    np.testing.assert_array_equal(truth.mask, interpret(outlines, "auto-interior").mask)
+    np.testing.assert_array_equal(truth.ignore, outlines > 0)
+    levels = truth.levels()
+    assert levels.dtype == np.uint8 and set(np.unique(levels)) == {0, IGNORE_LEVEL, NUCLEUS_LEVEL}
+    np.testing.assert_array_equal(levels == IGNORE_LEVEL, outlines > 0)
+    np.testing.assert_array_equal(levels == NUCLEUS_LEVEL, truth.mask)
+    assert "which is ignored in training" in describe(truth, "EDF900_GT.png", "auto-ignore-line")
+    deep = drawn(polygons(seed=5), filled=True, dtype=np.uint16)  # a filled GT: nothing is ignored
+    filled = interpret(deep, "auto-ignore-line")
+    assert filled.ignore is None and set(np.unique(filled.levels())) == {0, NUCLEUS_LEVEL}
+    assert interpret(outlines).ignore is None and interpret(outlines, "auto-interior").ignore is None
+
+
+def test_prep_writes_an_outlines_line_as_the_ignore_level_through_every_augmentation(tmp_path: Path):
+    fields = tmp_path / "EDF"
+    fields.mkdir()
+    shapes = polygons(size=96)
+    outlines = drawn(shapes, size=96)
+    image = np.full((96, 96, 3), 210, np.uint8)
+    image[drawn(shapes, size=96, filled=True) > 0] = 60
+    cv2.imwrite(str(fields / "EDF900.png"), image)
+    cv2.imwrite(str(fields / "EDF900_GT.png"), outlines)
+    out = tmp_path / "dataset"
+    result = CliRunner().invoke(cli, ["run", "--input", str(fields), "--output", str(out), "--tile-size", "96",
+                                      "--split", "1,0,0", "--gt-rule", "auto-ignore-line", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "which is ignored in training" in result.output
+    masks = sorted((out / "train" / "masks").glob("*.png"))
+    assert len(masks) > 5  # the tile and its augmented copies
+    for path in masks:
+        tile = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert set(np.unique(tile)) == {0, IGNORE_LEVEL, NUCLEUS_LEVEL}, path.name  # nearest sampling keeps them
+    original = cv2.imread(str(out / "train" / "masks" / "EDF900_0x0.png"), cv2.IMREAD_UNCHANGED)[:, :, 0]
+    np.testing.assert_array_equal(original, interpret(outlines, "auto-ignore-line").levels())
+    manifest = (out / "manifest.csv").read_text().splitlines()
+    header = manifest[0].split(",")
+    row = dict(zip(header, next(line for line in manifest[1:] if "EDF900_0x0.png" in line).split(","), strict=False))
+    assert float(row["nucleus_fraction"]) == pytest.approx((original == NUCLEUS_LEVEL).mean(), abs=1e-6)
 
 
 def test_shared_outline_fields_fill_to_their_nuclei(isbi: Path):

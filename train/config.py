@@ -88,6 +88,12 @@ def _as_str_list(value: Any) -> list[str]:
     raise TypeError('a list of names like ["dice_coef_multiclass"]')
 
 
+# A colour of [mask] rgb_map mapped to this class is neither nucleus nor background: its pixels get an all-zero
+# one-hot row, which the losses and training metrics skip (prep writes an outline GT's own line as (128,128,128)
+# under --gt-rule auto-ignore-line).
+IGNORE_CLASS = -1
+
+
 def _as_rgb_map(value: Any) -> dict[tuple[int, int, int], int]:
     if not isinstance(value, dict) or not value:
         raise TypeError("a dict of RGB colour → class like {(0,0,0):0,(255,255,255):1}")
@@ -96,8 +102,8 @@ def _as_rgb_map(value: Any) -> dict[tuple[int, int, int], int]:
         if not (isinstance(colour, tuple) and len(colour) == 3 and all(isinstance(c, int) and 0 <= c <= 255
                                                                          for c in colour)):
             raise TypeError(f"RGB triples of 0..255 as keys, got {colour!r}")
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise TypeError(f"class indices ≥ 0 as values, got {index!r}")
+        if not isinstance(index, int) or isinstance(index, bool) or index < IGNORE_CLASS:
+            raise TypeError(f"class indices ≥ 0 (or {IGNORE_CLASS}: ignored) as values, got {index!r}")
         result[colour] = index
     return result
 
@@ -403,7 +409,7 @@ def check_rules(config: Config) -> None:
     from train.architecture import check_architecture, pooling_multiple
 
     path, m, t = config.path, config.model, config.train
-    classes = sorted(set(config.mask.rgb_map.values()))
+    classes = sorted(set(config.mask.rgb_map.values()) - {IGNORE_CLASS})
     if classes != list(range(m.num_classes)):
         raise ConfigError(f"{path}: [mask] rgb_map classes {classes} do not match [model] num_classes = "
                           f"{m.num_classes}")

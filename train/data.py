@@ -16,11 +16,12 @@ import numpy as np
 import tensorflow as tf
 
 from prep.imageio import IMAGE_SUFFIXES, LUMA_WEIGHTS
-from train.config import COLOR_ORDERS, Config
+from train.config import COLOR_ORDERS, IGNORE_CLASS, Config
 from train.windows import WindowOptions, windows_of_tile
 
 TIFF_SUFFIXES = (".tif", ".tiff")  # tf.io.decode_image cannot read TIFF: those go through OpenCV
 SHUFFLE_BUFFER = 256
+UNKNOWN_COLOUR = IGNORE_CLASS - 1  # the label of a mask pixel whose colour rgb_map lacks (fails the pipeline)
 PREFLIGHT_FILES = 8
 
 RgbMap = Mapping[tuple[int, int, int], int]
@@ -75,7 +76,8 @@ def check_masks(mask_paths: Sequence[str], rgb_map: RgbMap, limit: int = PREFLIG
         if unknown.size:
             key = int(unknown[0])
             value = f"({key >> 16},{(key >> 8) & 255},{key & 255})"
-            raise DataError(f"mask {path}: value {value} is not in [mask] rgb_map {_format_rgb_map(rgb_map)}")
+            hint = f" (prep's auto-ignore-line writes ignored lines so: map it to {IGNORE_CLASS})" * (key == 0x808080)
+            raise DataError(f"mask {path}: value {value} is not in [mask] rgb_map {_format_rgb_map(rgb_map)}{hint}")
 
 
 def check_sizes(
@@ -235,7 +237,7 @@ def _mask_to_labels(
     pixel with every colour; the error message is only built for a mask that fails."""
     channels = mask.shape[-1]
     if channels == 1:
-        table = np.full(256, -1, np.int32)
+        table = np.full(256, UNKNOWN_COLOUR, np.int32)
         table[colour_keys] = classes
         labels = tf.gather(tf.constant(table), tf.cast(mask[..., 0], tf.int32))
     else:
@@ -246,10 +248,10 @@ def _mask_to_labels(
         slot = tf.minimum(tf.searchsorted(sorted_keys, tf.reshape(keys, [-1])), len(colour_keys) - 1)
         slot = tf.reshape(slot, tf.shape(keys))
         found = tf.equal(tf.gather(sorted_keys, slot), keys)
-        labels = tf.where(found, tf.gather(tf.constant(np.asarray(classes, np.int32)[order]), slot), -1)
+        labels = tf.where(found, tf.gather(tf.constant(np.asarray(classes, np.int32)[order]), slot), UNKNOWN_COLOUR)
 
     def fail() -> tf.Tensor:
-        first_unknown = tf.argmin(tf.reshape(labels, [-1]))  # classes are ≥ 0, unknown pixels -1
+        first_unknown = tf.argmin(tf.reshape(labels, [-1]))  # classes are ≥ IGNORE_CLASS, unknown pixels below
         pixel = tf.reshape(mask, [-1, channels])[first_unknown]
         value = tf.strings.reduce_join(tf.strings.as_string(pixel), separator=",")
         if channels == 1:
@@ -261,7 +263,7 @@ def _mask_to_labels(
         with tf.control_dependencies([assertion]):
             return tf.identity(labels)
 
-    return tf.cond(tf.reduce_min(labels) >= 0, lambda: labels, fail)
+    return tf.cond(tf.reduce_min(labels) >= IGNORE_CLASS, lambda: labels, fail)
 
 
 def _check_tile_size(
@@ -340,10 +342,10 @@ def _validated_colours(rgb_map: RgbMap) -> list[tuple[int, int, int]]:
 
 def _validate_classes(rgb_map: RgbMap, num_classes: int) -> None:
     for colour, index in rgb_map.items():
-        if not (isinstance(index, (int, np.integer)) and 0 <= index < num_classes):
+        if not (isinstance(index, (int, np.integer)) and (0 <= index < num_classes or index == IGNORE_CLASS)):
             raise DataError(
                 f"[mask] rgb_map: class {index!r} of {colour} is outside 0..{num_classes - 1} "
-                f"([model] num_classes = {num_classes})"
+                f"([model] num_classes = {num_classes}) and is not {IGNORE_CLASS} (ignored)"
             )
 
 

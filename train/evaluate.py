@@ -36,9 +36,12 @@ def evaluate(config: Config, overwrite: bool = False, verbose: int | str = "auto
     per_image, names = [], iter(images)
     for batch_images, batch_truth in dataset:
         probabilities = model.predict_on_batch(batch_images)
-        for truth, prediction in zip(_foreground(batch_truth.numpy()), _foreground(np.asarray(probabilities)),
-                                     strict=True):
-            per_image.append({"file": Path(next(names)).name, **score_masks(truth, prediction)})
+        one_hot = batch_truth.numpy()
+        ignored = one_hot.sum(axis=-1) == 0  # rgb_map's IGNORE_CLASS pixels: scored as neither
+        for truth, prediction, ignore in zip(_foreground(one_hot), _foreground(np.asarray(probabilities)), ignored,
+                                             strict=True):
+            per_image.append({"file": Path(next(names)).name,
+                              **score_masks(truth, prediction, ignore=ignore if ignore.any() else None)})
     pooled = pool_scores([{k: v for k, v in row.items() if k != "file"} for row in per_image])
 
     loss_name = config.model.loss

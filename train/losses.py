@@ -1,6 +1,8 @@
 """Keras training metrics and losses. y_true one-hot (N, H, W, C), y_pred softmax (N, H, W, C). Everything is cast to
 float32 first so the functions work with mixed-precision outputs; they reduce within the (per-replica) batch, so
-they also work under tf.distribute, where Keras averages the per-batch values. The numpy scores are
+they also work under tf.distribute, where Keras averages the per-batch values. A pixel whose one-hot row is all
+zero (a colour of ``[mask] rgb_map`` mapped to ``train.config.IGNORE_CLASS``) is neither nucleus nor background:
+every loss and metric here skips it (its cross-entropy is 0, its prediction counts nowhere). The numpy scores are
 ``train.scores``."""
 
 from __future__ import annotations
@@ -20,17 +22,23 @@ def dice_coef_multiclass(y_true, y_pred, smooth: float = 1.0):
     tile with 2 % nucleus pixels scores ≈ 0.98. Kept for comparability only; lead with ``nucleus_dice``.
     """
     y_true = ops.cast(y_true, "float32")
-    y_pred = ops.cast(y_pred, "float32")
+    y_pred = ops.cast(y_pred, "float32") * _labelled(y_true)
     per_image_axes = tuple(range(1, len(y_pred.shape)))
     intersection = ops.sum(y_true * y_pred, axis=per_image_axes)
     total = ops.sum(y_true, axis=per_image_axes) + ops.sum(y_pred, axis=per_image_axes)
     return ops.mean((2.0 * intersection + smooth) / (total + smooth))
 
 
+def _labelled(y_true):
+    """1 where a pixel has a class, 0 where it is ignored (an all-zero one-hot row); (..., 1) to broadcast."""
+    return ops.sum(y_true, axis=-1, keepdims=True)
+
+
 def _hard_nucleus_counts(y_true, y_pred):
-    """(tp, |truth|, |prediction|) of the argmax nucleus class, pooled over the batch."""
+    """(tp, |truth|, |prediction|) of the argmax nucleus class over the labelled pixels, pooled over the batch."""
+    y_true = ops.cast(y_true, "float32")
     truth = ops.cast(ops.equal(ops.argmax(y_true, axis=-1), NUCLEUS_CLASS), "float32")
-    pred = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), NUCLEUS_CLASS), "float32")
+    pred = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), NUCLEUS_CLASS), "float32") * _labelled(y_true)[..., 0]
     return ops.sum(truth * pred), ops.sum(truth), ops.sum(pred)
 
 
@@ -50,12 +58,13 @@ def nucleus_iou(y_true, y_pred):
 
 def _cross_entropy_and_foreground(y_true, y_pred):
     """Per-pixel categorical cross-entropy and the foreground (class ≥ 1) channels of truth and prediction, in
-    float32 (mixed precision hands the losses float16/bfloat16 predictions)."""
+    float32 (mixed precision hands the losses float16/bfloat16 predictions); ignored pixels have cross-entropy 0
+    (their one-hot row is zero) and a zero foreground prediction, so the Dice terms do not see them either."""
     import keras
     y_true = ops.cast(y_true, "float32")
     y_pred = ops.cast(y_pred, "float32")
     cross_entropy = keras.losses.categorical_crossentropy(y_true, y_pred)
-    return cross_entropy, y_true[..., NUCLEUS_CLASS:], y_pred[..., NUCLEUS_CLASS:]
+    return cross_entropy, y_true[..., NUCLEUS_CLASS:], y_pred[..., NUCLEUS_CLASS:] * _labelled(y_true)
 
 
 def _soft_foreground_dice(true_fg, pred_fg, smooth: float):

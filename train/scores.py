@@ -203,8 +203,12 @@ def outline_dice(tp: float, fp: float, fn: float, fp_extra: float, fn_missed: fl
     return dice_from_counts(tp + fn_missed, fp - fp_extra, fn - fn_missed)
 
 
-def score_masks(truth, pred, connectivity: int = 8) -> dict[str, float | int]:
-    """Pixel counts, nucleus Dice/IoU and object scores of one image, keyed as in ``SCORE_KEYS``."""
+def score_masks(truth, pred, connectivity: int = 8, ignore=None) -> dict[str, float | int]:
+    """Pixel counts, nucleus Dice/IoU and object scores of one image, keyed as in ``SCORE_KEYS``. ``ignore``
+    (boolean, or None): pixels that are neither nucleus nor background, left out of truth and prediction alike."""
+    if ignore is not None:
+        keep = ~np.asarray(ignore, bool)
+        truth, pred = np.asarray(truth, bool) & keep, np.asarray(pred, bool) & keep
     counts = pixel_counts(truth, pred)
     scores = {
         "nucleus_dice": dice_from_counts(counts["tp"], counts["fp"], counts["fn"]),
