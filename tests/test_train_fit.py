@@ -307,6 +307,39 @@ def test_reference_config_builds_the_reference_architecture():
     assert "does not exist" in result.output  # the reference's data folders: a warning, not an error
 
 
+IGNORING = "mask.rgb_map={(0,0,0):0,(255,255,255):1,(128,128,128):-1}"
+
+
+def test_ignored_pixels_train_and_are_scored_as_neither(tmp_path: Path, tiny_dataset: Path):
+    """Masks with prep's ignore level (an outline's line in training; here all the test tiles' background, so no
+    prediction there may count as a false positive) train, and evaluate leaves them out of every score."""
+    config = make_run(tmp_path, tiny_dataset, epochs=1)
+    data = _own_copy(tmp_path)
+    for path in sorted((data / "train" / "masks").iterdir()):
+        mask = cv2.imread(str(path))
+        ring = (cv2.dilate(mask, np.ones((3, 3), np.uint8)) > 0) & (mask == 0)
+        cv2.imwrite(str(path), np.where(ring, 128, mask).astype(np.uint8))
+    fitted = invoke("fit", "--config", config, "--set", IGNORING, "--set", 'model.loss="dice_ce"')
+    assert fitted.exit_code == 0, fitted.output
+    history = json.loads((tmp_path / "eval" / "history.json").read_text())
+    assert np.isfinite(history["loss"]).all()
+    scored = {}
+    for label, test_map in (("background", "mask.rgb_map={(0,0,0):0,(255,255,255):1,(128,128,128):0}"),
+                            ("ignored", IGNORING)):
+        if label == "ignored":
+            for path in sorted((data / "test" / "masks").iterdir()):
+                mask = cv2.imread(str(path))
+                cv2.imwrite(str(path), np.where(mask == 0, 128, mask).astype(np.uint8))
+        result = invoke("evaluate", "--config", config, "--set", test_map, "--set", 'model.loss="dice_ce"',
+                        "--overwrite")
+        assert result.exit_code == 0, result.output
+        header, *rows = read_rows(tmp_path / "evaluation_per_image.csv")
+        scored[label] = [dict(zip(header, row, strict=True)) for row in rows]
+    for background, ignored in zip(scored["background"], scored["ignored"], strict=True):
+        assert (ignored["tp"], ignored["fn"]) == (background["tp"], background["fn"]), ignored["file"]
+        assert int(ignored["fp"]) == 0 and int(ignored["n_extra"]) == 0, ignored
+
+
 def _own_copy(run: Path) -> Path:
     """Replace the shared dataset link by a private copy that a test may damage."""
     data = run / "data"
