@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from prep.console import show_warning
+from prep.console import RecordedCommand, show_warning
 from prep.imageio import DEFAULT_MAX_PIXELS
 from prep.truth import GT_RULES
 from train.model import PRECISIONS  # the model's face imports no Keras: the command line stays quick
@@ -70,7 +70,8 @@ def _finite(ctx, param, value):
 
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=RecordedCommand, context_settings={"help_option_names": ["-h", "--help"],
+                                                     "max_content_width": 110})
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="The training config (its model and [infer] folders). Or --model.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
@@ -291,7 +292,6 @@ def options_from(config, *, overlap: float, tta: bool | None, tta_mode: str | No
 def run_record(config, options, model_path: Path | None, inputs: int) -> dict:
     """infer.json: how these outputs were made (options, the model and its weights' checksum, versions)."""
     import dataclasses
-    import shlex
 
     from prep.edf import file_sha256
     from train.model import run_paths, versions
@@ -299,7 +299,7 @@ def run_record(config, options, model_path: Path | None, inputs: int) -> dict:
     paths = run_paths(config)
     weights = paths.trained
     return {
-        "tool": "infer", "command": shlex.join(["infer", *sys.argv[1:]]),
+        "tool": "infer", "command": cli.command_line("infer"),
         "options": {**dataclasses.asdict(options), "field_edges": dict(options.field_edges)},
         "model": {"folder": str(paths.model_dir), "given_as": "--model" if model_path else "--config",
                   "config": str(config.path), "weights": str(weights), "weights_sha256": file_sha256(weights)},

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -15,7 +14,7 @@ import click
 from prep import __version__
 from prep.atomic import output_relation
 from prep.augment import NO_AUGMENTATION, AugOptions, parse_centers, parse_floats, plan
-from prep.console import show_warning
+from prep.console import RecordedGroup, show_warning
 from prep.edf import InputError, discover
 from prep.imageio import DEFAULT_MAX_PIXELS, ImageReadError
 from prep.split import SPLITS, parse_ratios, split_sources
@@ -74,7 +73,7 @@ def main() -> None:
     cli(prog_name="prep")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=RecordedGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="prep")
 def cli() -> None:
     """Prepare ISBI 2014 EDF cervical cytology images as a 512×512 tile dataset for nucleus segmentation."""
@@ -239,7 +238,7 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
         "augmentation_options": {k: v for k, v in vars(options).items()},
     }
     job = PrepJob(sources, assignment, settings, output_path, overwrite, min(workers, len(sources)),
-                  parameters, shlex.join(["prep", *sys.argv[1:]]))
+                  parameters, cli.command_line("prep"))
 
     bar = tqdm(total=len(sources), unit="source", desc="prep", disable=not progress, file=sys.stderr)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from pathlib import Path
 
 import cv2
@@ -421,6 +422,7 @@ def test_defaults_are_the_documented_recommended_preset(project: Path, tmp_path:
     record = json.loads((tmp_path / "out" / "infer.json").read_text())
     options = record["options"]
     assert record["preset"] == "recommended"
+    assert shlex.split(record["command"])[:5] == ["infer", "--config", str(project), "--preset", "recommended"]
     recommended = PRESETS["recommended"]
     assert (options["mode"], options["tta"], options["min_area"], options["fill_holes"], options["exclude_border"],
             options["min_confidence"]) == (

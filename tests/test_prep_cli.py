@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -58,6 +59,9 @@ def test_writes_the_contract(edf_folder: Path, tmp_path: Path):
     assert kinds == {"none", "hflip", "vflip", "rotate", "elastic", "distort", "barrel", "pincushion"}
     assert record["inputs"][0]["image_sha256"] and record["counts"]["train"]["tiles"] == len(files)
     assert "source(s)" in result.output and leftovers(tmp_path) == []
+    # The command that ran, even in-process (a bench's sys.argv is its own): runnable as written.
+    assert shlex.split(record["run"]["command"]) == ["prep", "run", "--input", str(edf_folder), "--output", str(out),
+                                              "--split", "0.34,0.33,0.33", *FAST]
 
 
 def test_manifest_positions_locate_the_tiles(edf_folder: Path, tmp_path: Path):
