@@ -69,6 +69,17 @@ def _run(command: click.Command, args: list[str]) -> None:
         raise SystemExit(f"bench-real: {command.name or 'step'} failed: {err.format_message()}") from None
 
 
+def check_ignored_colour(prep_flags: Sequence[str], rgb_map: dict) -> None:
+    """Before any tiling: prep's --gt-rule auto-ignore-line writes lines (128,128,128) that the config must map to
+    the ignored class, or training would stop at its first mask, minutes into the run."""
+    flags = list(prep_flags)
+    rules = [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag in ("--gt-rule", "--mask-rule")]
+    rules += [flag.split("=", 1)[1] for flag in flags if flag.startswith(("--gt-rule=", "--mask-rule="))]
+    if "auto-ignore-line" in rules and rgb_map.get((128, 128, 128)) != -1:
+        raise ValueError("--prep-flags --gt-rule auto-ignore-line writes an outline's line as (128,128,128): map it "
+                         "to the ignored class, --set 'mask.rgb_map={(0,0,0):0,(255,255,255):1,(128,128,128):-1}'")
+
+
 def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrides: list[str],
                infer_flags: list[str], valid_ratio: float = 0.2, synth: int = 0, synth_seed: int = 2014,
                valid_on: str = VALID_ON[0], prep_flags: Sequence[str] = DEFAULT_PREP_FLAGS,
@@ -79,7 +90,9 @@ def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrid
     from train.cli import cli as train_cli
     from train.config import load_config
 
-    tile = load_config(config, overrides).model.image_height  # tiles must be the model's input size
+    loaded = load_config(config, overrides)
+    tile = loaded.model.image_height  # tiles must be the model's input size
+    check_ignored_colour(prep_flags, loaded.mask.rgb_map)
     if valid_on not in VALID_ON:
         raise ValueError(f"valid_on must be one of {VALID_ON}, not {valid_on!r}")
     if synth_only and (synth == 0 or valid_on != "synth"):
@@ -278,10 +291,13 @@ def run_options(command):
 def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, overrides, infer_flags: str,
          synth: int, valid_on: str, synth_only: bool, prep_flags: list[str]) -> None:
     """Train on TRAIN_EDF's sources, score stitched predictions of TEST_EDF's images."""
-    with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
-        summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
-                             infer_flags.split(), synth=synth, valid_on=valid_on, prep_flags=prep_flags,
-                             synth_only=synth_only)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
+            summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
+                                 infer_flags.split(), synth=synth, valid_on=valid_on, prep_flags=prep_flags,
+                                 synth_only=synth_only)
+    except ValueError as err:  # options that cannot work together, refused before any step
+        raise click.ClickException(str(err)) from None
     warning = few_steps_warning(summary["steps"], summary["train_precision"])
     if warning:
         click.echo(warning, err=True)

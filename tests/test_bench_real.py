@@ -219,3 +219,21 @@ def test_a_budget_that_bought_few_steps_is_warned_of():
     warning = few_steps_warning(700, "float32")
     assert "700 training steps" in warning and "at float32" in warning
     assert "--set train.max_train_seconds=None --set train.epochs=100" in warning
+
+
+def test_an_ignored_line_without_its_class_is_refused_before_any_step(tmp_path: Path):
+    from bench_real import check_ignored_colour, main
+    from click.testing import CliRunner
+
+    ignoring = {(0, 0, 0): 0, (255, 255, 255): 1, (128, 128, 128): -1}
+    check_ignored_colour(["--gt-rule", "auto-ignore-line"], ignoring)
+    check_ignored_colour(["--gt-rule", "auto-interior"], {(0, 0, 0): 0, (255, 255, 255): 1})
+    for flags in (["--fade-factors", "0.3", "--gt-rule", "auto-ignore-line"], ["--mask-rule=auto-ignore-line"]):
+        with pytest.raises(ValueError, match=r"\(128,128,128\):-1"):
+            check_ignored_colour(flags, {(0, 0, 0): 0, (255, 255, 255): 1})
+    edf = write_edf_folder(tmp_path / "edf", count=1)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["--train-edf", str(edf), "--test-edf", str(edf), "--out", str(out),
+                                       "--prep-flags", "--gt-rule auto-ignore-line"])
+    assert result.exit_code == 1 and "mask.rgb_map" in result.output and "Traceback" not in result.output
+    assert not out.exists()  # refused before the first tile
