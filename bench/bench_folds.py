@@ -37,7 +37,14 @@ sys.path.insert(0, str(REPO / "bench"))
 import click  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_real import DEFAULT_PREP_FLAGS, VALID_ON, bench_real, few_steps_warning, run_options  # noqa: E402
+from bench_real import (  # noqa: E402
+    DEFAULT_PREP_FLAGS,
+    VALID_ON,
+    bench_real,
+    check_ignored_colour,
+    few_steps_warning,
+    run_options,
+)
 from make_folds import make_field_folds, make_folds  # noqa: E402
 
 RUN_FILE = "run.json"  # in --out: the run's options and fold plan, which --resume must match
@@ -264,6 +271,9 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
     of the plan alone (the plan is the same as a whole run's), e.g. to finish a run whose folder is lost."""
     if only_folds and not set(only_folds) <= set(range(folds)):
         raise ValueError(f"--only-folds {','.join(map(str, sorted(only_folds)))}: the folds are 0..{folds - 1}")
+    from train.config import load_config
+
+    check_ignored_colour(prep_flags, load_config(config, overrides).mask.rgb_map)  # before the folds are written
     options = run_options_record(data, folds, config, overrides, infer_flags, synth, valid_on, prep_flags,
                                  whole_fields, peer, synth_only, only_folds)
     if resume:

@@ -44,12 +44,14 @@ def load_batch(tiles: Path, batch_size: int, size: tuple[int, int], config) -> t
 
     from infer.run import model_input
     from prep.imageio import ImageReadError, read_image
+    from train.config import IGNORE_CLASS
 
+    UNKNOWN = IGNORE_CLASS - 1  # noqa: N806 - a colour rgb_map lacks
     names = sorted(p.name for p in (tiles / "images").glob("*.png"))
     if not names:
         raise SystemExit(f"bench-gpu: no PNG tiles in {tiles / 'images'}")
     rgb_map = config.mask.rgb_map
-    num_classes = max(rgb_map.values()) + 1
+    num_classes = config.model.num_classes
     images, masks = [], []
     for i in range(batch_size):
         name = names[i % len(names)]
@@ -65,13 +67,15 @@ def load_batch(tiles: Path, batch_size: int, size: tuple[int, int], config) -> t
             raise SystemExit(f"bench-gpu: tile {name} is {image.shape[:2]}, smaller than the model's {size}")
         window = (slice(top, top + size[0]), slice(left, left + size[1]))
         image, mask = image[window], cv2.cvtColor(mask[window], cv2.COLOR_BGR2RGB)
-        labels = np.full(size, -1, np.int64)
+        labels = np.full(size, UNKNOWN, np.int64)
         for colour, cls in rgb_map.items():
             labels[np.all(mask == np.array(colour), axis=-1)] = cls
-        if (labels < 0).any():
+        if (labels == UNKNOWN).any():
             raise SystemExit(f"bench-gpu: mask {name} holds colours outside [mask] rgb_map {rgb_map}")
         images.append(image.astype(np.float32) / 255.0)
-        masks.append(np.eye(num_classes, dtype=np.float32)[labels])
+        # one-hot as train.data makes it: an ignored pixel (class -1) gets an all-zero row
+        masks.append(np.vstack([np.eye(num_classes, dtype=np.float32), np.zeros((1, num_classes), np.float32)])[
+            np.where(labels == IGNORE_CLASS, num_classes, labels)])
     return np.stack(images), np.stack(masks)
 
 

@@ -75,9 +75,14 @@ def check_ignored_colour(prep_flags: Sequence[str], rgb_map: dict) -> None:
     flags = list(prep_flags)
     rules = [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag in ("--gt-rule", "--mask-rule")]
     rules += [flag.split("=", 1)[1] for flag in flags if flag.startswith(("--gt-rule=", "--mask-rule="))]
-    if "auto-ignore-line" in rules and rgb_map.get((128, 128, 128)) != -1:
-        raise ValueError("--prep-flags --gt-rule auto-ignore-line writes an outline's line as (128,128,128): map it "
-                         "to the ignored class, --set 'mask.rgb_map={(0,0,0):0,(255,255,255):1,(128,128,128):-1}'")
+    from prep.imageio import IGNORE_LEVEL
+    from train.config import IGNORE_CLASS
+
+    grey = (IGNORE_LEVEL,) * 3
+    if "auto-ignore-line" in rules and rgb_map.get(grey) != IGNORE_CLASS:
+        raise ValueError(f"--prep-flags --gt-rule auto-ignore-line writes an outline's line as {grey}: map it to the "
+                         f"ignored class, --set 'mask.rgb_map={{(0,0,0):0,(255,255,255):1,"
+                         f"({IGNORE_LEVEL},{IGNORE_LEVEL},{IGNORE_LEVEL}):{IGNORE_CLASS}}}'")
 
 
 def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrides: list[str],
@@ -291,13 +296,16 @@ def run_options(command):
 def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, overrides, infer_flags: str,
          synth: int, valid_on: str, synth_only: bool, prep_flags: list[str]) -> None:
     """Train on TRAIN_EDF's sources, score stitched predictions of TEST_EDF's images."""
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
-            summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
-                                 infer_flags.split(), synth=synth, valid_on=valid_on, prep_flags=prep_flags,
-                                 synth_only=synth_only)
-    except ValueError as err:  # options that cannot work together, refused before any step
+    from train.config import load_config
+
+    try:  # options that cannot work together, refused before any step
+        check_ignored_colour(prep_flags, load_config(config, list(overrides)).mask.rgb_map)
+    except ValueError as err:
         raise click.ClickException(str(err)) from None
+    with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
+        summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
+                             infer_flags.split(), synth=synth, valid_on=valid_on, prep_flags=prep_flags,
+                             synth_only=synth_only)
     warning = few_steps_warning(summary["steps"], summary["train_precision"])
     if warning:
         click.echo(warning, err=True)

@@ -1,9 +1,9 @@
 """Pure augmentations: (image, mask, parameters, rng) → (image, mask).
 
 Every geometric transform is one sampling map applied to both arrays: the image with bilinear
-interpolation, the mask with nearest neighbour so it stays exactly binary. Borders are reflected, never
-black, so a model cannot learn a frame as a cue. Each augmented tile is made from the original tile,
-never from another augmented one (the reference compounded its barrel distortions).
+interpolation, the mask with nearest neighbour so it keeps its levels exactly (0/255, and 128 for ignored
+pixels). Borders are reflected, never black, so a model cannot learn a frame as a cue. Each augmented tile is
+made from the original tile, never from another augmented one (the reference compounded its barrel distortions).
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ def fade_nuclei(image: np.ndarray, mask: np.ndarray, factor: float) -> np.ndarra
     """
     if not 0 < factor < 1:
         raise ValueError(f"fade factor must be in (0, 1), got {factor}")
-    nuclei = (mask if mask.ndim == 2 else mask[..., 0]) > 0
+    nuclei = (mask if mask.ndim == 2 else mask[..., 0]) > 0  # an ignored outline line (128) fades with its nucleus
     if not nuclei.any():
         return image.copy()
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * FADE_RIM + 1, 2 * FADE_RIM + 1))

@@ -15,7 +15,8 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 class _KeepsItsArguments:
     """A click command that remembers the arguments ``main`` was given: the benches call the CLIs in-process
-    (``cli.main([...])``), where ``sys.argv`` is the bench's, not the command that ran."""
+    (``cli.main([...])``), where ``sys.argv`` is the bench's, not the command that ran. A caller that skips ``main``
+    (``make_context`` + ``invoke``) leaves the last call's arguments here."""
 
     invoked_args: tuple[str, ...] = ()
 

@@ -131,6 +131,7 @@ def read_truth(path: str | os.PathLike, rule: str = "auto", max_pixels: int | No
 def describe(truth: Truth, name: str, rule: str = "auto") -> str:
     """The warning an outline GT gets: what was filled, so a wrong reading stands out."""
     how = {"auto-interior": "filled without its line",
-           "auto-ignore-line": "filled without its line, which is ignored in training"}.get(rule, "filled")
+           "auto-ignore-line": "filled without its line, which counts as neither nucleus nor background"}.get(rule,
+                                                                                                     "filled")
     return (f"{name}: outline ground truth (closed nucleus contours): {how}, {truth.nuclei} nuclei, "
             f"{100 * truth.nucleus_fraction:.2f} % nucleus pixels")

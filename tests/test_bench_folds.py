@@ -281,3 +281,12 @@ def test_error_crops_show_each_extra_object_and_missed_nucleus_where_it_is():
     # centred on (6, 190): rows are y 130…249, columns x −54…65; the field (grey) ends at y 199 and x 0
     assert (corner[:60, 60:] == 128).all()
     assert (corner[75:] == 255).all() and (corner[:, :50] == 255).all()  # beyond the field: white
+
+
+def test_an_ignored_line_without_its_class_is_refused_before_the_folds_are_written(tmp_path: Path):
+    fields = write_edf_folder(tmp_path / "fields", count=4)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["--fields", str(fields), "--folds", "2", "--out", str(out),
+                                       "--prep-flags", "--gt-rule auto-ignore-line"])
+    assert result.exit_code == 1 and "(128,128,128):-1" in result.output, result.output
+    assert not out.exists() or not any(out.iterdir())  # no folds, no run record to --resume

@@ -455,6 +455,10 @@ def test_a_colour_mapped_to_ignore_gives_an_all_zero_one_hot_row(tmp_path: Path)
     np.testing.assert_array_equal(one_hot[0].sum(axis=-1) == 0, grey == 128)
     np.testing.assert_array_equal(one_hot[0][:, :, 1] == 1, grey == 255)
     np.testing.assert_array_equal(one_hot[1].sum(axis=-1), 1.0)  # a tile without the level: unchanged
+    mask[0, 0] = 77  # a colour the map lacks, beside the ignored ones: still caught while streaming
+    cv2.imwrite(masks[0], mask)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"grey value 77 is not in \[mask\] rgb_map"):
+        first_batch(make_dataset(images, masks, ignoring, 2, (SIZE, SIZE), batch_size=2))
     with pytest.raises(DataError, match=r"class -2"):
         make_dataset(images, masks, {**RGB_MAP, (128, 128, 128): -2}, 2, (SIZE, SIZE))
 

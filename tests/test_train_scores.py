@@ -221,6 +221,17 @@ def test_ignored_pixels_count_for_no_loss_or_metric(name):
     assert np.mean(np.asarray(function(labelled, soft(guess)))) != pytest.approx(scores[1], rel=1e-3)
 
 
+@pytest.mark.parametrize("loss", [dice_ce_loss, tversky_ce_loss])
+def test_our_losses_average_their_cross_entropy_over_the_labelled_pixels(loss):
+    """Half the pixels ignored: the cross-entropy term is that of the other half alone, not half of it."""
+    truth = one_hot(np.zeros((1, 8, 8), bool))
+    probability = np.full((1, 8, 8), 0.2)
+    whole = np.mean(np.asarray(loss(truth[:, :4], soft(probability[:, :4]))))  # the labelled half alone
+    truth[:, 4:] = 0.0
+    halved = np.mean(np.asarray(loss(truth, soft(probability))))
+    assert halved == pytest.approx(whole, rel=1e-5)
+
+
 def test_score_masks_leaves_ignored_pixels_out_of_truth_and_prediction():
     truth = square((32, 32), (8, 20), (8, 20))
     pred = square((32, 32), (7, 21), (7, 21))  # one pixel wider all round
@@ -229,6 +240,18 @@ def test_score_masks_leaves_ignored_pixels_out_of_truth_and_prediction():
     ignored = score_masks(truth, pred, ignore=ring)
     assert ignored["fp"] == 0 and ignored["nucleus_dice"] == 1.0
     assert ignored == score_masks(truth, pred & ~ring)
+    # Two nuclei whose lines touch, predicted as one blob across the shared line: still one object, no detection.
+    line = np.zeros((32, 32), bool)
+    line[8:20, 15] = True
+    left, right = square((32, 32), (8, 20), (6, 15)), square((32, 32), (8, 20), (16, 25))
+    blob = left | right | line
+    across = score_masks(left | right, blob, ignore=line)
+    assert (across["n_pred"], across["n_correct"], across["object_f1"]) == (1, 0, 0.0)
+    assert across["fp"] == 0 and across["nucleus_dice"] == 1.0  # pixel by pixel it is right
+    assert score_masks(left | right, blob & ~line)["n_correct"] == 2  # masked first, it would split in two
+    only_ignored = score_masks(left | right, left | right | square((32, 32), (0, 2), (0, 2)),
+                               ignore=square((32, 32), (0, 2), (0, 2)))
+    assert only_ignored["n_pred"] == 2 and only_ignored["n_extra"] == 0  # an object wholly ignored is gone
 
 
 def test_every_loss_metric_and_activation_the_config_accepts_exists():

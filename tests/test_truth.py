@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -151,7 +152,7 @@ def test_auto_ignore_line_keeps_the_interior_and_marks_the_line_as_neither():
     assert levels.dtype == np.uint8 and set(np.unique(levels)) == {0, IGNORE_LEVEL, NUCLEUS_LEVEL}
     np.testing.assert_array_equal(levels == IGNORE_LEVEL, outlines > 0)
     np.testing.assert_array_equal(levels == NUCLEUS_LEVEL, truth.mask)
-    assert "which is ignored in training" in describe(truth, "EDF900_GT.png", "auto-ignore-line")
+    assert "which counts as neither nucleus nor background" in describe(truth, "EDF900_GT.png", "auto-ignore-line")
     deep = drawn(polygons(seed=5), filled=True, dtype=np.uint16)  # a filled GT: nothing is ignored
     filled = interpret(deep, "auto-ignore-line")
     assert filled.ignore is None and set(np.unique(filled.levels())) == {0, NUCLEUS_LEVEL}
@@ -171,7 +172,7 @@ def test_prep_writes_an_outlines_line_as_the_ignore_level_through_every_augmenta
     result = CliRunner().invoke(cli, ["run", "--input", str(fields), "--output", str(out), "--tile-size", "96",
                                       "--split", "1,0,0", "--gt-rule", "auto-ignore-line", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "which is ignored in training" in result.output
+    assert "which counts as neither nucleus nor background" in result.output
     masks = sorted((out / "train" / "masks").glob("*.png"))
     assert len(masks) > 5  # the tile and its augmented copies
     for path in masks:
@@ -179,9 +180,8 @@ def test_prep_writes_an_outlines_line_as_the_ignore_level_through_every_augmenta
         assert set(np.unique(tile)) == {0, IGNORE_LEVEL, NUCLEUS_LEVEL}, path.name  # nearest sampling keeps them
     original = cv2.imread(str(out / "train" / "masks" / "EDF900_0x0.png"), cv2.IMREAD_UNCHANGED)[:, :, 0]
     np.testing.assert_array_equal(original, interpret(outlines, "auto-ignore-line").levels())
-    manifest = (out / "manifest.csv").read_text().splitlines()
-    header = manifest[0].split(",")
-    row = dict(zip(header, next(line for line in manifest[1:] if "EDF900_0x0.png" in line).split(","), strict=False))
+    with (out / "manifest.csv").open(newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["file"] == "EDF900_0x0.png")
     assert float(row["nucleus_fraction"]) == pytest.approx((original == NUCLEUS_LEVEL).mean(), abs=1e-6)
 
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from prep.imageio import IMAGE_SUFFIXES, LUMA_WEIGHTS
+from prep.imageio import IGNORE_LEVEL, IMAGE_SUFFIXES, LUMA_WEIGHTS
 from train.config import COLOR_ORDERS, IGNORE_CLASS, Config
 from train.windows import WindowOptions, windows_of_tile
 
@@ -76,7 +76,7 @@ def check_masks(mask_paths: Sequence[str], rgb_map: RgbMap, limit: int = PREFLIG
         if unknown.size:
             key = int(unknown[0])
             value = f"({key >> 16},{(key >> 8) & 255},{key & 255})"
-            hint = f" (prep's auto-ignore-line writes ignored lines so: map it to {IGNORE_CLASS})" * (key == 0x808080)
+            hint = f" (auto-ignore-line's lines: map it to {IGNORE_CLASS})" * (key == _rgb_key((IGNORE_LEVEL,) * 3))
             raise DataError(f"mask {path}: value {value} is not in [mask] rgb_map {_format_rgb_map(rgb_map)}{hint}")
 
 
@@ -154,7 +154,8 @@ def make_dataset(
     class_of_colour = [int(rgb_map[colour]) for colour in colours]
     # A map of greys only (the usual black/white) reads masks as one channel: a third of the work per pixel. An
     # RGB mask pixel decodes to its luminance, which is exactly v for (v,v,v) and strictly between two greys of a
-    # black/white map for any other colour, so stray colours are still caught (as their grey value).
+    # black/white map for any other colour, so stray colours are still caught (as their grey value), but for one
+    # whose luminance is a third grey of the map (an ignored 128): check_masks compares the first masks as RGB.
     grey_map = all(r == g == b for r, g, b in colours)
     mask_channels = 1 if grey_map else 3
     mask_keys = [r for r, _, _ in colours] if grey_map else [_rgb_key(colour) for colour in colours]
@@ -300,10 +301,8 @@ def _hw_text(hw: tf.Tensor) -> tf.Tensor:
 
 
 def _require_folder(folder: Path, key: str) -> None:
-    if not folder.exists():
-        raise DataError(f"{key}: {folder} does not exist")
     if not folder.is_dir():
-        raise DataError(f"{key}: {folder} is not a folder")
+        raise DataError(f"{key}: {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
 
 
 def _visible_files(folder: Path) -> list[Path]:

@@ -2,8 +2,9 @@
 float32 first so the functions work with mixed-precision outputs; they reduce within the (per-replica) batch, so
 they also work under tf.distribute, where Keras averages the per-batch values. A pixel whose one-hot row is all
 zero (a colour of ``[mask] rgb_map`` mapped to ``train.config.IGNORE_CLASS``) is neither nucleus nor background:
-every loss and metric here skips it (its cross-entropy is 0, its prediction counts nowhere). The numpy scores are
-``train.scores``."""
+every loss and metric here skips it (its cross-entropy is 0, its prediction counts nowhere, and our losses average
+their cross-entropy over the labelled pixels; Keras's own ``categorical_crossentropy`` averages over all of them).
+The numpy scores are ``train.scores``."""
 
 from __future__ import annotations
 
@@ -63,8 +64,12 @@ def _cross_entropy_and_foreground(y_true, y_pred):
     import keras
     y_true = ops.cast(y_true, "float32")
     y_pred = ops.cast(y_pred, "float32")
-    cross_entropy = keras.losses.categorical_crossentropy(y_true, y_pred)
-    return cross_entropy, y_true[..., NUCLEUS_CLASS:], y_pred[..., NUCLEUS_CLASS:] * _labelled(y_true)
+    labelled = _labelled(y_true)
+    # Keras averages the per-pixel loss over every pixel: scaled so that it is the mean over the labelled ones
+    # (exactly 1 when none is ignored), whatever share of a batch an ignored line takes.
+    share = ops.cast(ops.size(labelled), "float32") / ops.maximum(ops.sum(labelled), 1.0)
+    cross_entropy = keras.losses.categorical_crossentropy(y_true, y_pred) * share
+    return cross_entropy, y_true[..., NUCLEUS_CLASS:], y_pred[..., NUCLEUS_CLASS:] * labelled
 
 
 def _soft_foreground_dice(true_fg, pred_fg, smooth: float):

@@ -113,7 +113,7 @@ def _mean_or(values: np.ndarray, empty_value: float) -> float:
     return float(values.mean()) if values.size else empty_value
 
 
-def object_scores(truth, pred, connectivity: int = 8) -> dict[str, float | int]:
+def object_scores(truth, pred, connectivity: int = 8, ignore=None) -> dict[str, float | int]:
     """Object-level scores of the connected components of prediction (A) and truth (B) (docs/design.md §5).
 
     ISBI 2014 nucleus protocol: a predicted object is a correct detection of a truth object when
@@ -133,13 +133,23 @@ def object_scores(truth, pred, connectivity: int = 8) -> dict[str, float | int]:
     are part of fp) and ``n_missed`` truth objects overlap no prediction (their ``fn_missed`` pixels are part of fn);
     the rest of fp and fn lies on the outlines of objects that were found.
 
-    Empty cases follow the module's conventions (no NaN). ``connectivity`` is 4 or 8.
+    Empty cases follow the module's conventions (no NaN). ``connectivity`` is 4 or 8. ``ignore`` (boolean, or
+    None): pixels that count for neither side. The predicted objects are found before they are taken out, so one
+    blob across an ignored line between two nuclei stays one object, as it was drawn.
     """
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     truth, pred = _as_mask_pair(truth, pred)
-    truth_labels, n_truth = _label(truth, connectivity)
     pred_labels, n_pred = _label(pred, connectivity)
+    if ignore is not None:
+        keep = ~np.asarray(ignore, bool)
+        truth = truth & keep
+        pred_labels = np.where(keep, pred_labels, 0)
+        left = np.unique(pred_labels[pred_labels > 0])  # objects with a pixel outside the ignored ones
+        renumber = np.zeros(n_pred + 1, np.int32)
+        renumber[left] = np.arange(1, left.size + 1, dtype=np.int32)
+        pred_labels, n_pred = renumber[pred_labels], int(left.size)
+    truth_labels, n_truth = _label(truth, connectivity)
     truth_area = np.bincount(truth_labels.ravel(), minlength=n_truth + 1)
     pred_area = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
     truth_id, pred_id, intersection = _overlap_pairs(truth_labels, pred_labels, n_pred)
@@ -206,6 +216,7 @@ def outline_dice(tp: float, fp: float, fn: float, fp_extra: float, fn_missed: fl
 def score_masks(truth, pred, connectivity: int = 8, ignore=None) -> dict[str, float | int]:
     """Pixel counts, nucleus Dice/IoU and object scores of one image, keyed as in ``SCORE_KEYS``. ``ignore``
     (boolean, or None): pixels that are neither nucleus nor background, left out of truth and prediction alike."""
+    objects = object_scores(truth, pred, connectivity, ignore)
     if ignore is not None:
         keep = ~np.asarray(ignore, bool)
         truth, pred = np.asarray(truth, bool) & keep, np.asarray(pred, bool) & keep
@@ -213,7 +224,7 @@ def score_masks(truth, pred, connectivity: int = 8, ignore=None) -> dict[str, fl
     scores = {
         "nucleus_dice": dice_from_counts(counts["tp"], counts["fp"], counts["fn"]),
         "nucleus_iou": iou_from_counts(counts["tp"], counts["fp"], counts["fn"]),
-        **object_scores(truth, pred, connectivity),
+        **objects,
         **counts,
     }
     scores["outline_dice"] = outline_dice(counts["tp"], counts["fp"], counts["fn"], scores["fp_extra"],
