@@ -69,6 +69,10 @@ def _run(command: click.Command, args: list[str]) -> None:
         raise SystemExit(f"bench-real: {command.name or 'step'} failed: {err.format_message()}") from None
 
 
+class OptionsError(ValueError):
+    """Options of a bench run that cannot work together, refused before any step (main says it as a message)."""
+
+
 def check_ignored_colour(prep_flags: Sequence[str], rgb_map: dict) -> None:
     """Before any tiling: prep's --gt-rule auto-ignore-line writes lines (128,128,128) that the config must map to
     the ignored class, or training would stop at its first mask, minutes into the run."""
@@ -80,9 +84,9 @@ def check_ignored_colour(prep_flags: Sequence[str], rgb_map: dict) -> None:
 
     grey = (IGNORE_LEVEL,) * 3
     if "auto-ignore-line" in rules and rgb_map.get(grey) != IGNORE_CLASS:
-        raise ValueError(f"--prep-flags --gt-rule auto-ignore-line writes an outline's line as {grey}: map it to the "
-                         f"ignored class, --set 'mask.rgb_map={{(0,0,0):0,(255,255,255):1,"
-                         f"({IGNORE_LEVEL},{IGNORE_LEVEL},{IGNORE_LEVEL}):{IGNORE_CLASS}}}'")
+        raise OptionsError(f"--prep-flags --gt-rule auto-ignore-line writes an outline's line as {grey}: map it to "
+                           f"the ignored class, --set 'mask.rgb_map={{(0,0,0):0,(255,255,255):1,"
+                           f"({IGNORE_LEVEL},{IGNORE_LEVEL},{IGNORE_LEVEL}):{IGNORE_CLASS}}}'")
 
 
 def bench_real(train_edf: Path, test_edf: Path, out: Path, config: Path, overrides: list[str],
@@ -296,16 +300,13 @@ def run_options(command):
 def main(train_edf: Path, test_edf: Path, out: Path | None, config: Path, overrides, infer_flags: str,
          synth: int, valid_on: str, synth_only: bool, prep_flags: list[str]) -> None:
     """Train on TRAIN_EDF's sources, score stitched predictions of TEST_EDF's images."""
-    from train.config import load_config
-
-    try:  # options that cannot work together, refused before any step
-        check_ignored_colour(prep_flags, load_config(config, list(overrides)).mask.rgb_map)
-    except ValueError as err:
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
+            summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
+                                 infer_flags.split(), synth=synth, valid_on=valid_on, prep_flags=prep_flags,
+                                 synth_only=synth_only)
+    except OptionsError as err:  # raised before bench_real makes or writes anything
         raise click.ClickException(str(err)) from None
-    with tempfile.TemporaryDirectory(prefix="bench-real-") as scratch:
-        summary = bench_real(train_edf, test_edf, out or Path(scratch), config, list(overrides),
-                             infer_flags.split(), synth=synth, valid_on=valid_on, prep_flags=prep_flags,
-                             synth_only=synth_only)
     warning = few_steps_warning(summary["steps"], summary["train_precision"])
     if warning:
         click.echo(warning, err=True)

@@ -65,11 +65,8 @@ def tile_rng(seed: int, name: str, spec: AugSpec) -> np.random.Generator:
 def tiles_of_source(image: np.ndarray, levels: np.ndarray, source: str, split: str,
                     settings: TileSettings) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
     """Yield (manifest row, RGB tile, mask tile) for one source: originals, then augmentations. ``levels`` and the
-    mask tiles are uint8 in the tile masks' levels (prep.imageio: 0, NUCLEUS_LEVEL and maybe IGNORE_LEVEL); a
-    boolean nucleus mask is taken as 0/NUCLEUS_LEVEL."""
+    mask tiles are uint8 in the tile masks' levels (``Truth.levels``: 0, NUCLEUS_LEVEL and maybe IGNORE_LEVEL)."""
     size = settings.tile_size
-    if levels.dtype == bool:
-        levels = levels.astype(np.uint8) * NUCLEUS_LEVEL
     padded_image = pad_to_grid(image, size)
     padded_mask = pad_to_grid(levels, size)
     specs = settings.augmentations if split in settings.augment_splits else ()

@@ -173,10 +173,9 @@ def read_mask(path: str | os.PathLike, rule: str = "nonzero",
 NUCLEUS_LEVEL, IGNORE_LEVEL = 255, 128
 
 
-def mask_to_rgb(mask: np.ndarray) -> np.ndarray:
-    """Boolean mask, or uint8 levels (0, IGNORE_LEVEL, NUCLEUS_LEVEL) → uint8 H×W×3 in the tile masks' format."""
-    plane = mask.astype(np.uint8) * NUCLEUS_LEVEL if mask.dtype == bool else mask.astype(np.uint8)
-    return np.repeat(plane[:, :, None], 3, axis=2)
+def mask_to_rgb(levels: np.ndarray) -> np.ndarray:
+    """uint8 H×W tile-mask levels (0, IGNORE_LEVEL, NUCLEUS_LEVEL) → uint8 H×W×3 in the tile masks' format."""
+    return np.repeat(levels.astype(np.uint8)[:, :, None], 3, axis=2)
 
 
 def encode_png(rgb: np.ndarray, compression: int = 3) -> bytes:

@@ -128,10 +128,13 @@ def read_truth(path: str | os.PathLike, rule: str = "auto", max_pixels: int | No
     return interpret(decode(path, max_pixels), rule, str(path))
 
 
+# How describe() says each filling rule read an outline GT (the others fill it with its line).
+FILLED_HOW = {"auto-interior": "filled without its line",
+              "auto-ignore-line": "filled without its line, which counts as neither nucleus nor background"}
+
+
 def describe(truth: Truth, name: str, rule: str = "auto") -> str:
     """The warning an outline GT gets: what was filled, so a wrong reading stands out."""
-    how = {"auto-interior": "filled without its line",
-           "auto-ignore-line": "filled without its line, which counts as neither nucleus nor background"}.get(rule,
-                                                                                                     "filled")
+    how = FILLED_HOW.get(rule, "filled")
     return (f"{name}: outline ground truth (closed nucleus contours): {how}, {truth.nuclei} nuclei, "
             f"{100 * truth.nucleus_fraction:.2f} % nucleus pixels")
