@@ -463,6 +463,29 @@ def test_a_colour_mapped_to_ignore_gives_an_all_zero_one_hot_row(tmp_path: Path)
         make_dataset(images, masks, {**RGB_MAP, (128, 128, 128): -2}, 2, (SIZE, SIZE))
 
 
+
+def test_the_epoch_montage_shows_ignored_pixels_grey_not_as_background(tmp_path: Path):
+    from train.callbacks import montage_sheet
+    from train.config import IGNORE_CLASS, load_config
+    from train.data import montage_tiles
+
+    images, masks = pairs(write_tiles(tmp_path, count=1))
+    mask = cv2.imread(masks[0], cv2.IMREAD_UNCHANGED)
+    grey = mask if mask.ndim == 2 else mask[:, :, 0]
+    line = (cv2.dilate(grey, np.ones((3, 3), np.uint8)) > 0) & (grey == 0)
+    mask[line] = 128
+    cv2.imwrite(masks[0], mask)
+    config_path = tmp_path / "ignoring.config"
+    config_path.write_text("[model]\nimage_width = 64\nimage_height = 64\nnum_layers = 3\n"
+                           "[mask]\nrgb_map = {(0,0,0):0,(255,255,255):1,(128,128,128):-1}\n")
+    inputs, classes, display = montage_tiles(load_config(config_path), images, masks)
+    np.testing.assert_array_equal(classes[0] == IGNORE_CLASS, line)
+    np.testing.assert_array_equal(classes[0] == 1, grey == 255)
+    sheet = montage_sheet(display, classes, np.zeros_like(classes), epoch=1)
+    truth_column = sheet[-(SIZE + 4) : -4, SIZE + 4 : 2 * SIZE + 4, 0]  # the row's middle panel
+    np.testing.assert_array_equal(truth_column == 128, line)
+    np.testing.assert_array_equal(truth_column == 255, grey == 255)
+
 def test_bad_rgb_map_names_the_key(tmp_path: Path):
     images, masks = pairs(write_tiles(tmp_path, count=1))
     with pytest.raises(DataError, match=r"\[mask\] rgb_map: class 2 .*\[model\] num_classes = 2"):

@@ -13,13 +13,22 @@ import cv2
 import keras
 import numpy as np
 
+from prep.imageio import IGNORE_LEVEL, NUCLEUS_LEVEL
+from train.config import IGNORE_CLASS
 from train.runs import AVERAGED_KEY
+
+
+def class_picture(classes: np.ndarray) -> np.ndarray:
+    """uint8 RGB of a class map: nucleus (any class > 0) white, background black, ignored pixels
+    (IGNORE_CLASS: neither, e.g. auto-ignore-line's outlines) mid grey, as in the tile masks."""
+    grey = np.where(classes > 0, NUCLEUS_LEVEL, np.where(classes == IGNORE_CLASS, IGNORE_LEVEL, 0)).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def montage_row(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """image | ground truth | prediction, side by side, as uint8 RGB with thin white separators."""
     rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
-    as_rgb = [rgb, *(np.repeat((m > 0).astype(np.uint8)[:, :, None] * 255, 3, axis=2) for m in (truth, prediction))]
+    as_rgb = [rgb, class_picture(truth), class_picture(prediction)]
     separator = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
     return np.hstack([as_rgb[0], separator, as_rgb[1], separator, as_rgb[2]])
 

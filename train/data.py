@@ -440,10 +440,10 @@ def evaluation_dataset(config: Config) -> tuple[list[str], tf.data.Dataset]:
 
 def montage_tiles(config: Config, image_paths: Sequence[str], mask_paths: Sequence[str]):
     """(inputs, class maps, RGB uint8 pictures) of a few tiles, read once through the training pipeline: what
-    the epoch montage predicts and shows."""
+    the epoch montage predicts and shows (an ignored pixel, all-zero one-hot, is IGNORE_CLASS in the map)."""
     batch = make_dataset(image_paths, mask_paths, batch_size=len(image_paths), shuffle=False,
                          **tile_dataset_options(config))
     inputs, truths = (tensor.numpy() for tensor in next(iter(batch)))
     bgr = config.image.color_order == "BGR" and inputs.shape[-1] == 3
     display = np.rint((inputs[..., ::-1] if bgr else inputs) * 255).astype(np.uint8)
-    return inputs, np.argmax(truths, axis=-1), display
+    return inputs, np.where(truths.max(axis=-1) > 0, np.argmax(truths, axis=-1), IGNORE_CLASS), display  # 0-hot
