@@ -40,6 +40,9 @@ def drop_below(labels: np.ndarray, confidence: Mapping[int, float], bar: float) 
     missing = [int(i) for i in ids[1:] if int(i) not in confidence]
     if missing:
         raise ValueError(f"nuclei {missing[:5]} of the mask have no mean_probability in the table")
+    beyond = sorted(i for i in confidence if i > ids[-1])
+    if beyond:
+        raise ValueError(f"the table has nuclei {beyond[:5]} the mask lacks (its highest id is {ids[-1]})")
     keep = np.array([False] + [confidence[int(i)] >= bar for i in ids[1:]])
     return keep[labels]
 
@@ -110,33 +113,48 @@ def read_confidence(table: Path) -> dict[str, dict[int, float]]:
 def run_scores(run: Path, predictions: str, bars: Sequence[float]) -> tuple[dict, dict]:
     """Every held-out field's scores at each bar, and its fold, for one bench-folds --out folder."""
     from infer.measure import label_nuclei
-    from prep.truth import read_truth
+    from prep.truth import TruthError, read_truth
 
     scores, folds = {}, {}
     for test in sorted((run / "folds").glob("fold*/test")):
+        fold_name = test.parent.name.removeprefix("fold")
+        if not fold_name.isdigit():
+            raise click.ClickException(f"{test.parent}: not a fold folder of bench-folds (foldK, K a number)")
         fold_dir = run / test.parent.name / predictions
         record = fold_dir / "infer.json"
         if not record.is_file():
             raise click.ClickException(f"{record}: missing (is --predictions right?)")
-        options = json.loads(record.read_text())["options"]
+        try:
+            options = json.loads(record.read_text())["options"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise click.ClickException(f"{record}: not an infer record with its options ({error})") from error
+        table = fold_dir / "nuclei.csv"
+        if not table.is_file():
+            raise click.ClickException(f"{table}: missing (infer writes it beside the masks)")
         if options.get("min_confidence") or options.get("split_touching"):
             raise click.ClickException(f"{record}: these masks were made with a bar or split nuclei; the sweep "
                                        "needs them made with --min-confidence 0 and no --split-touching")
-        confidence = read_confidence(fold_dir / "nuclei.csv")
+        confidence = read_confidence(table)
         for truth_path in sorted(test.glob("*_GT.png")):
             stem = truth_path.name.removesuffix("_GT.png")
             mask = cv2.imread(str(fold_dir / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
             if mask is None:
                 raise click.ClickException(f"{fold_dir / f'{stem}.png'}: no saved mask for {truth_path}")
-            truth = read_truth(truth_path, options.get("gt_rule", "auto"))
+            try:
+                truth = read_truth(truth_path, options.get("gt_rule", "auto"))
+            except (TruthError, ValueError) as error:  # TruthError names the file; a bad gt_rule does not
+                message = str(error) if str(truth_path) in str(error) else f"{truth_path}: {error}"
+                raise click.ClickException(message) from error
             try:
                 scores[stem] = field_scores(truth.mask, truth.ignore, label_nuclei(mask > 0),
                                             confidence.get(f"{stem}.png", {}), bars)
             except ValueError as error:
                 raise click.ClickException(f"{fold_dir / f'{stem}.png'}: {error}") from error
-            folds[stem] = int(test.parent.name.removeprefix("fold"))
+            folds[stem] = int(fold_name)
     if not scores:
         raise click.ClickException(f"{run}: no folds/fold*/test/*_GT.png: not a whole-field bench-folds run")
+    if len(set(folds.values())) < 2:
+        raise click.ClickException(f"{run}: one fold only; a fold's bar is chosen on the other folds' fields")
     return scores, folds
 
 

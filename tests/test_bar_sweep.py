@@ -100,3 +100,29 @@ def test_masks_made_with_a_bar_or_a_table_missing_nuclei_are_refused_by_name(tmp
     assert "no mean_probability" in refused.output
     bad_bars = CliRunner().invoke(main, ["--runs", str(tmp_path / "short"), "--bars", "0,0.9"])
     assert bad_bars.exit_code == 2 and "--bars" in bad_bars.output
+
+
+def test_a_broken_record_a_missing_table_a_foreign_table_and_one_fold_are_refused_by_name(tmp_path: Path):
+    truth = discs((100, 100), [(40, 40)])
+
+    def refused(run: Path) -> str:
+        result = CliRunner().invoke(main, ["--runs", str(run)])
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    broken = write_fold(tmp_path / "broken", 0, "EDF900", truth, truth, [0.9])
+    write_fold(tmp_path / "broken", 1, "EDF901", truth, truth, [0.9])
+    (broken / "infer.json").write_text("{not json")
+    assert str(broken / "infer.json") in refused(tmp_path / "broken")
+    tableless = write_fold(tmp_path / "tableless", 0, "EDF900", truth, truth, [0.9])
+    write_fold(tmp_path / "tableless", 1, "EDF901", truth, truth, [0.9])
+    (tableless / "nuclei.csv").unlink()
+    assert str(tableless / "nuclei.csv") in refused(tmp_path / "tableless")
+    # A table of another prediction, with more nuclei than the mask holds.
+    foreign = write_fold(tmp_path / "foreign", 0, "EDF900", truth, truth, [0.9, 0.8, 0.7])
+    write_fold(tmp_path / "foreign", 1, "EDF901", truth, truth, [0.9])
+    output = refused(tmp_path / "foreign")
+    assert str(foreign / "EDF900.png") in output and "lacks" in output
+    write_fold(tmp_path / "single", 0, "EDF900", truth, truth, [0.9])
+    assert "one fold" in refused(tmp_path / "single")
