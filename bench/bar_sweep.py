@@ -113,7 +113,7 @@ def read_confidence(table: Path) -> dict[str, dict[int, float]]:
 def run_scores(run: Path, predictions: str, bars: Sequence[float]) -> tuple[dict, dict]:
     """Every held-out field's scores at each bar, and its fold, for one bench-folds --out folder."""
     from infer.measure import label_nuclei
-    from prep.truth import TruthError, read_truth
+    from prep.truth import read_truth
 
     scores, folds = {}, {}
     for test in sorted((run / "folds").glob("fold*/test")):
@@ -142,7 +142,7 @@ def run_scores(run: Path, predictions: str, bars: Sequence[float]) -> tuple[dict
                 raise click.ClickException(f"{fold_dir / f'{stem}.png'}: no saved mask for {truth_path}")
             try:
                 truth = read_truth(truth_path, options.get("gt_rule", "auto"))
-            except (TruthError, ValueError) as error:  # TruthError names the file; a bad gt_rule does not
+            except ValueError as error:  # a TruthError (a ValueError) names the file; a bad gt_rule does not
                 message = str(error) if str(truth_path) in str(error) else f"{truth_path}: {error}"
                 raise click.ClickException(message) from error
             try:
