@@ -104,11 +104,18 @@ def picture(crops: list[tuple[str, np.ndarray]], path: Path) -> None:
         raise click.ClickException(f"{path}: cannot write the picture")
 
 
+# The options every census of saved whole-field runs takes (error_census, miss_kinds).
+runs_option = click.option("--runs", multiple=True, required=True,
+                           type=click.Path(exists=True, file_okay=False, path_type=Path),
+                           help="A bench-folds --out folder of whole fields (repeat for several runs).")
+predictions_option = click.option("--predictions", default="infer", show_default=True,
+                                  help="Which saved masks of each fold: infer (the run's own), or a reinfer_folds.py "
+                                       "variant folder.")
+
+
 @click.command()
-@click.option("--runs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A bench-folds --out folder of whole fields (repeat for several runs).")
-@click.option("--predictions", default="infer", show_default=True,
-              help="Which saved masks of each fold: infer (the run's own), or a reinfer_folds.py variant folder.")
+@runs_option
+@predictions_option
 @click.option("--picture", "picture_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every isolated nucleus-sized extra object here, magnified (PNG or JPEG).")
 def main(runs: tuple[Path, ...], predictions: str, picture_path: Path | None) -> None:

@@ -29,8 +29,9 @@ sys.path.insert(0, str(REPO / "bench"))
 import click  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_folds import centred_crops, montage  # noqa: E402
-from error_census import SMALL_AREA  # noqa: E402
+from bench_folds import centred_crops  # noqa: E402
+from error_census import CROP, SMALL_AREA, predictions_option, runs_option  # noqa: E402
+from error_census import picture as write_montage  # noqa: E402
 
 # Thresholds fixed with the intensity-jitter rule (docs/results.md), before any variant's masks existed.
 EDGE_GAP = 3  # px between a nucleus and the field's border
@@ -38,7 +39,6 @@ PALE_CONTRAST = 0.5  # × the median nucleus's contrast to its surroundings
 DARK_SURROUNDINGS = 0.8  # × the median nucleus's surroundings grey
 MATCH_FRACTION = 0.6  # train.scores' correct detection: more than this of both objects overlaps
 RIM = 2  # px around a nucleus re-estimated with it (prep.augment.FADE_RIM: outlines sit inside the dark rim)
-CROP = 96  # px of the overlay around each nucleus in --picture
 KINDS = ("edge", "small", "pale", "dark_clump", "other")
 
 
@@ -166,15 +166,12 @@ def picture(result: dict, path: Path) -> None:
             panels.append((caption, centred_crops(overlay, [(x, y)], CROP)[0]))
     if not panels:
         raise click.ClickException("every annotated nucleus was found: nothing to draw")
-    if not cv2.imwrite(str(path), montage(panels, columns=8, size=2 * CROP)):
-        raise click.ClickException(f"{path}: cannot write the picture")
+    write_montage(panels, path)
 
 
 @click.command()
-@click.option("--runs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A bench-folds --out folder of whole fields (repeat for several runs).")
-@click.option("--predictions", default="infer", show_default=True,
-              help="Which saved masks of each fold: infer (the run's own), or a reinfer_folds.py variant folder.")
+@runs_option
+@predictions_option
 @click.option("--picture", "picture_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every nucleus not found here, magnified (PNG or JPEG).")
 def main(runs: tuple[Path, ...], predictions: str, picture_path: Path | None) -> None:
