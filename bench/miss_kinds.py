@@ -32,13 +32,12 @@ import numpy as np  # noqa: E402
 from bench_folds import centred_crops  # noqa: E402
 from error_census import CROP, SMALL_AREA, predictions_option, runs_option  # noqa: E402
 from error_census import picture as write_montage  # noqa: E402
+from error_census import run_fields as census_fields  # noqa: E402
 
 # Thresholds fixed with the intensity-jitter rule (docs/results.md), before any variant's masks existed.
 EDGE_GAP = 3  # px between a nucleus and the field's border
 PALE_CONTRAST = 0.5  # × the median nucleus's contrast to its surroundings
 DARK_SURROUNDINGS = 0.8  # × the median nucleus's surroundings grey
-MATCH_FRACTION = 0.6  # train.scores' correct detection: more than this of both objects overlaps
-RIM = 2  # px around a nucleus re-estimated with it (prep.augment.FADE_RIM: outlines sit inside the dark rim)
 KINDS = ("edge", "small", "pale", "dark_clump", "other")
 
 
@@ -48,12 +47,12 @@ def nucleus_measures(image: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
     grey, on the grey ``image``."""
     from scipy import ndimage
 
+    from prep.augment import nucleus_surroundings
+
     labels, count = ndimage.label(truth, structure=np.ones((3, 3)))
     if not count:
         return labels, []
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RIM + 1, 2 * RIM + 1))
-    region = cv2.dilate(truth.astype(np.uint8), kernel)
-    surroundings = cv2.inpaint(image, region, 2 * RIM + 1, cv2.INPAINT_TELEA).astype(np.float64)
+    surroundings = nucleus_surroundings(image, truth)[1].astype(np.float64)
     ids = np.arange(1, count + 1)
     own = ndimage.mean(image.astype(np.float64), labels, ids)
     around = ndimage.mean(surroundings, labels, ids)
@@ -68,18 +67,19 @@ def nucleus_measures(image: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
 
 
 def found_and_touched(labels: np.ndarray, count: int, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per nucleus id (index 0 unused): whether a predicted object detects it correctly, whether one touches it."""
-    from scipy import ndimage
+    """Per nucleus id (index 0 unused): whether a predicted object detects it correctly (train.scores' test),
+    whether one touches it."""
+    from train.scores import NUCLEUS_MATCH_FRACTION, _label, _overlap_pairs
 
-    predicted, n_pred = ndimage.label(prediction, structure=np.ones((3, 3)))
-    found, touched = np.zeros(count + 1, bool), np.zeros(count + 1, bool)
-    both = (labels > 0) & (predicted > 0)
-    pairs, overlap = np.unique(np.stack([labels[both], predicted[both]]), axis=1, return_counts=True)
+    predicted, n_pred = _label(prediction, 8)
+    truth_id, pred_id, overlap = _overlap_pairs(labels, predicted, n_pred)
     truth_area = np.bincount(labels.ravel(), minlength=count + 1)
     pred_area = np.bincount(predicted.ravel(), minlength=n_pred + 1)
-    for (t, p), n in zip(pairs.T, overlap, strict=True):
-        touched[t] = True
-        found[t] |= n > MATCH_FRACTION * truth_area[t] and n > MATCH_FRACTION * pred_area[p]
+    correct = (overlap > NUCLEUS_MATCH_FRACTION * truth_area[truth_id]) & (
+        overlap > NUCLEUS_MATCH_FRACTION * pred_area[pred_id])
+    found, touched = np.zeros(count + 1, bool), np.zeros(count + 1, bool)
+    found[truth_id[correct]] = True
+    touched[truth_id] = True
     return found, touched
 
 
@@ -98,16 +98,11 @@ def kind_of(nucleus: dict, median_contrast: float, median_surroundings: float) -
 def run_fields(run: Path, predictions: str) -> list[tuple[str, Path, Path, Path, Path]]:
     """(field, image, GT, saved mask, overlay) of every held-out field of a bench-folds run folder."""
     found = []
-    for test in sorted((run / "folds").glob("fold*/test")):
-        for truth in sorted(test.glob("*_GT.png")):
-            stem = truth.name.removesuffix("_GT.png")
-            image, mask = test / f"{stem}.png", run / test.parent.name / predictions / f"{stem}.png"
-            for path, what in ((image, "no field image"), (mask, "no saved mask (is --predictions right?)")):
-                if not path.is_file():
-                    raise click.ClickException(f"{path}: {what} for {truth}")
-            found.append((stem, image, truth, mask, run / test.parent.name / predictions / "overlays" / f"{stem}.png"))
-    if not found:
-        raise click.ClickException(f"{run}: no folds/fold*/test/*_GT.png: not a whole-field bench-folds run")
+    for stem, truth, mask, overlay in census_fields(run, predictions):
+        image = truth.parent / f"{stem}.png"
+        if not image.is_file():
+            raise click.ClickException(f"{image}: no field image for {truth}")
+        found.append((stem, image, truth, mask, overlay))
     return found
 
 

@@ -286,6 +286,15 @@ FADE_RIM = 2
 FADE_EDGE_SIGMA = 1.0
 
 
+def nucleus_surroundings(image: np.ndarray, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(region, surroundings): the nuclei grown by a ``FADE_RIM`` pixel rim (uint8 0/1), and ``image`` with that
+    region inpainted (Telea, 2004) from the pixels around it: what lies under each nucleus, as its contrast is
+    measured (fade_nuclei, bench/miss_kinds.py)."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * FADE_RIM + 1, 2 * FADE_RIM + 1))
+    region = cv2.dilate(nuclei.astype(np.uint8), kernel)
+    return region, cv2.inpaint(image, region, 2 * FADE_RIM + 1, cv2.INPAINT_TELEA)
+
+
 def fade_nuclei(image: np.ndarray, mask: np.ndarray, factor: float) -> np.ndarray:
     """The image with every annotated nucleus's contrast to its surroundings multiplied by ``factor`` (0 < factor < 1).
 
@@ -299,9 +308,8 @@ def fade_nuclei(image: np.ndarray, mask: np.ndarray, factor: float) -> np.ndarra
     nuclei = (mask if mask.ndim == 2 else mask[..., 0]) > 0  # an ignored outline line (128) fades with its nucleus
     if not nuclei.any():
         return image.copy()
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * FADE_RIM + 1, 2 * FADE_RIM + 1))
-    region = cv2.dilate(nuclei.astype(np.uint8), kernel)
-    surroundings = cv2.inpaint(image, region, 2 * FADE_RIM + 1, cv2.INPAINT_TELEA).astype(np.float32)
+    region, surroundings = nucleus_surroundings(image, nuclei)
+    surroundings = surroundings.astype(np.float32)
     weight = cv2.GaussianBlur(region.astype(np.float32), (0, 0), FADE_EDGE_SIGMA)
     weight = np.maximum(weight, nuclei.astype(np.float32))  # annotated pixels fade fully
     if image.ndim == 3:
