@@ -69,10 +69,10 @@ def nucleus_measures(image: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
 def found_and_touched(labels: np.ndarray, count: int, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per nucleus id (index 0 unused): whether a predicted object detects it correctly (train.scores' test),
     whether one touches it."""
-    from train.scores import NUCLEUS_MATCH_FRACTION, _label, _overlap_pairs
+    from train.scores import NUCLEUS_MATCH_FRACTION, label_objects, overlap_pairs
 
-    predicted, n_pred = _label(prediction, 8)
-    truth_id, pred_id, overlap = _overlap_pairs(labels, predicted, n_pred)
+    predicted, n_pred = label_objects(prediction, 8)
+    truth_id, pred_id, overlap = overlap_pairs(labels, predicted, n_pred)
     truth_area = np.bincount(labels.ravel(), minlength=count + 1)
     pred_area = np.bincount(predicted.ravel(), minlength=n_pred + 1)
     correct = (overlap > NUCLEUS_MATCH_FRACTION * truth_area[truth_id]) & (

@@ -28,7 +28,9 @@ from train.scores import (
     SCORE_KEYS,
     dice_from_counts,
     iou_from_counts,
+    label_objects,
     object_scores,
+    overlap_pairs,
     pixel_counts,
     pool_scores,
     score_masks,
@@ -411,6 +413,25 @@ def test_split_prediction_is_matched_one_to_one():
     assert scores["good_dice"] == pytest.approx(140 / 170)
     assert scores["tpp"] == pytest.approx(0.7)
     assert scores["fpp"] == 0.0
+
+
+def test_overlap_pairs_lists_every_overlapping_pair_with_its_pixels():
+    truth = np.zeros((8, 12), bool)
+    truth[1:4, 1:4] = True     # truth 1: 9 px
+    truth[5:7, 6:11] = True    # truth 2: 10 px
+    pred = np.zeros_like(truth)
+    pred[2:4, 2:6] = True      # overlaps truth 1 by 4 px
+    pred[5:7, 5:8] = True      # overlaps truth 2 by 4 px
+    pred[5:7, 9:12] = True     # overlaps truth 2 by 4 px
+    pred[0, 10] = True         # touches nothing
+    truth_labels, n_truth = label_objects(truth, 8)
+    pred_labels, n_pred = label_objects(pred, 8)
+    assert (n_truth, n_pred) == (2, 4)
+    truth_id, pred_id, pixels = overlap_pairs(truth_labels, pred_labels, n_pred)
+    pairs = sorted(zip(truth_id.tolist(), pred_id.tolist(), pixels.tolist(), strict=True))
+    found = {(int(truth_labels[t_y, t_x]), int(pred_labels[p_y, p_x]), 4)
+             for (t_y, t_x), (p_y, p_x) in (((2, 2), (2, 2)), ((5, 6), (5, 6)), ((5, 9), (5, 9)))}
+    assert pairs == sorted(found)
 
 
 def test_connectivity_decides_whether_diagonal_pixels_are_one_object():

@@ -94,13 +94,14 @@ def iou_from_counts(tp: float, fp: float, fn: float) -> float:
 # numpy: object level
 
 
-def _label(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
+def label_objects(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
+    """(labels, count): the objects of a boolean mask as the scorer counts them (4- or 8-connected), ids from 1."""
     mask = np.ascontiguousarray(mask).view(np.uint8)
     count, labels = cv2.connectedComponents(mask, connectivity=connectivity, ltype=cv2.CV_32S)
     return labels, count - 1
 
 
-def _overlap_pairs(truth_labels, pred_labels, n_pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def overlap_pairs(truth_labels, pred_labels, n_pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(truth id, predicted id, intersection in px) for every pair of objects that overlap, ids from 1."""
     both = (truth_labels > 0) & (pred_labels > 0)
     codes = truth_labels[both].astype(np.int64) * (n_pred + 1) + pred_labels[both]
@@ -140,7 +141,7 @@ def object_scores(truth, pred, connectivity: int = 8, ignore=None) -> dict[str, 
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     truth, pred = _as_mask_pair(truth, pred)
-    pred_labels, n_pred = _label(pred, connectivity)
+    pred_labels, n_pred = label_objects(pred, connectivity)
     if ignore is not None:
         keep = ~np.asarray(ignore, bool)
         truth = truth & keep
@@ -149,10 +150,10 @@ def object_scores(truth, pred, connectivity: int = 8, ignore=None) -> dict[str, 
         renumber = np.zeros(n_pred + 1, np.int32)
         renumber[left] = np.arange(1, left.size + 1, dtype=np.int32)
         pred_labels, n_pred = renumber[pred_labels], int(left.size)
-    truth_labels, n_truth = _label(truth, connectivity)
+    truth_labels, n_truth = label_objects(truth, connectivity)
     truth_area = np.bincount(truth_labels.ravel(), minlength=n_truth + 1)
     pred_area = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
-    truth_id, pred_id, intersection = _overlap_pairs(truth_labels, pred_labels, n_pred)
+    truth_id, pred_id, intersection = overlap_pairs(truth_labels, pred_labels, n_pred)
     pair_truth_area = truth_area[truth_id]
     pair_pred_area = pred_area[pred_id]
     pair_dice = 2.0 * intersection / (pair_truth_area + pair_pred_area)
