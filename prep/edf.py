@@ -29,6 +29,10 @@ GT_SUFFIX = "_GT"
 ISBI_SUFFIXES = (".png",)  # the ISBI layout: EDFnnn.png + EDFnnn_GT.png
 MAT_SUFFIX = ".mat"
 NUMBERED_SUFFIXES = (".tif", ".tiff", ".png")  # images paired by number with a .mat's cells
+# The nuclei variables of the ISBI 2014 challenge's synthetic sets. The challenge composed its 945 synthetic images
+# from the isolated cells of its 16 real EDF fields (Lu et al., IEEE J-BHI 2017), so training on them shows a
+# model the nuclei of every real field: a leak into any score on those fields.
+ISBI_SYNTHETIC_NUCLEI = re.compile(r"(train|test)_nuclei", re.IGNORECASE)
 
 
 class InputError(ValueError):
@@ -385,4 +389,16 @@ def discover(input_path: Path, masks: Path | None = None, exclude: Sequence[str]
         refs = discover_numbered_images(input_path, masks, mask_key, exclude)
     else:
         refs = discover_png_pairs(input_path, masks, exclude)
+    warn_if_isbi_synthetic(refs)
     return check_truths(refs, gt_rule, max_pixels=max_pixels)
+
+
+def warn_if_isbi_synthetic(refs: Sequence[SourceRef]) -> None:
+    """Warn (once, naming the GT file) when the sources are the ISBI 2014 challenge's synthetic images."""
+    for ref in refs:
+        if ref.mask_key is not None and ISBI_SYNTHETIC_NUCLEI.fullmatch(ref.mask_key):
+            warnings.warn(f"{ref.mask_path}: {ref.mask_key} looks like the ISBI 2014 challenge's synthetic set, "
+                          "whose images the challenge composed from the cells of its 16 real EDF fields "
+                          "(EDF000-EDF015): a model trained on them has seen every real field's nuclei, so never "
+                          "score it on those fields", stacklevel=2)
+            return

@@ -1,5 +1,6 @@
 """Reading EDF inputs: pixel formats, GT rules, PNG-pair discovery and the ISBI .mat sets."""
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -108,6 +109,27 @@ def test_mat_v5_cell_arrays(tmp_path: Path, mat_arrays):
     assert image.shape == (40, 50, 3)
     np.testing.assert_array_equal(image[:, :, 0], np.rint(images[1] * 255).astype(np.uint8))
     np.testing.assert_array_equal(mask, nuclei[1])
+
+
+@pytest.mark.parametrize("key, warned", [("train_Nuclei", True), ("test_Nuclei", True), ("Nuclei", False),
+                                         ("my_train_Nuclei", False)])
+def test_the_challenge_synthetic_set_is_flagged_as_built_from_the_real_fields(tmp_path: Path, mat_arrays, key,
+                                                                                warned):
+    images, nuclei = mat_arrays
+    cells = np.empty((3, 1), dtype=object)
+    masks = np.empty((3, 1), dtype=object)
+    for i in range(3):
+        cells[i, 0], masks[i, 0] = images[i], nuclei[i]
+    scipy.io.savemat(tmp_path / "set.mat", {"Images": cells})
+    scipy.io.savemat(tmp_path / "set_GT.mat", {key: masks})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refs = discover(tmp_path / "set.mat", tmp_path / "set_GT.mat")
+    assert len(refs) == 3
+    leaks = [str(w.message) for w in caught if "16 real EDF fields" in str(w.message)]
+    assert len(leaks) == (1 if warned else 0)  # once per set, not per image
+    if warned:
+        assert str(tmp_path / "set_GT.mat") in leaks[0] and key in leaks[0]
 
 
 def test_mat_v73_hdf5(tmp_path: Path, mat_arrays):
