@@ -95,13 +95,18 @@ def mat_arrays():
     return images, nuclei
 
 
+def _cells(arrays) -> np.ndarray:
+    """A MATLAB cell array (N×1 of objects), as scipy.io.savemat writes one."""
+    cells = np.empty((len(arrays), 1), dtype=object)
+    for i, array in enumerate(arrays):
+        cells[i, 0] = array
+    return cells
+
+
 def test_mat_v5_cell_arrays(tmp_path: Path, mat_arrays):
     images, nuclei = mat_arrays
-    cells = np.empty((3, 1), dtype=object)
-    masks = np.empty((3, 1), dtype=object)
-    for i in range(3):
-        cells[i, 0], masks[i, 0] = images[i], nuclei[i]
-    scipy.io.savemat(tmp_path / "isbi_train.mat", {"ISBI_Train": cells})
+    scipy.io.savemat(tmp_path / "isbi_train.mat", {"ISBI_Train": _cells(images)})
+    masks = _cells(nuclei)
     scipy.io.savemat(tmp_path / "isbi_train_GT.mat", {"train_Nuclei": masks, "train_Cytoplasm": masks})
     refs = discover(tmp_path / "isbi_train.mat", tmp_path / "isbi_train_GT.mat")
     assert [r.name for r in refs] == ["isbi_train_000", "isbi_train_001", "isbi_train_002"]
@@ -116,12 +121,8 @@ def test_mat_v5_cell_arrays(tmp_path: Path, mat_arrays):
 def test_the_challenge_synthetic_set_is_flagged_as_built_from_the_real_fields(tmp_path: Path, mat_arrays, key,
                                                                                 warned):
     images, nuclei = mat_arrays
-    cells = np.empty((3, 1), dtype=object)
-    masks = np.empty((3, 1), dtype=object)
-    for i in range(3):
-        cells[i, 0], masks[i, 0] = images[i], nuclei[i]
-    scipy.io.savemat(tmp_path / "set.mat", {"Images": cells})
-    scipy.io.savemat(tmp_path / "set_GT.mat", {key: masks})
+    scipy.io.savemat(tmp_path / "set.mat", {"Images": _cells(images)})
+    scipy.io.savemat(tmp_path / "set_GT.mat", {key: _cells(nuclei)})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         refs = discover(tmp_path / "set.mat", tmp_path / "set_GT.mat")
