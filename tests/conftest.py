@@ -33,6 +33,14 @@ def random_pair(rng: np.random.Generator, height: int, width: int, nuclei: int =
     return np.dstack([image] * 3), np.dstack([mask] * 3)
 
 
+def mat_cells(arrays) -> np.ndarray:
+    """A MATLAB cell array (N×1 of objects), as scipy.io.savemat writes one."""
+    cells = np.empty((len(arrays), 1), dtype=object)
+    for i, array in enumerate(arrays):
+        cells[i, 0] = array
+    return cells
+
+
 def write_edf_folder(folder: Path, count: int = 3, height: int = 600, width: int = 700, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ import scipy.io
 
 from prep.edf import InputError, discover, load_source
 from prep.imageio import ImageReadError, binarise, read_image
-from tests.conftest import write_edf_folder
+from tests.conftest import mat_cells, write_edf_folder
 
 
 def test_grey_16bit_and_rgba_read_as_8bit_rgb(tmp_path: Path):
@@ -95,18 +95,10 @@ def mat_arrays():
     return images, nuclei
 
 
-def _cells(arrays) -> np.ndarray:
-    """A MATLAB cell array (N×1 of objects), as scipy.io.savemat writes one."""
-    cells = np.empty((len(arrays), 1), dtype=object)
-    for i, array in enumerate(arrays):
-        cells[i, 0] = array
-    return cells
-
-
 def test_mat_v5_cell_arrays(tmp_path: Path, mat_arrays):
     images, nuclei = mat_arrays
-    scipy.io.savemat(tmp_path / "isbi_train.mat", {"ISBI_Train": _cells(images)})
-    masks = _cells(nuclei)
+    scipy.io.savemat(tmp_path / "isbi_train.mat", {"ISBI_Train": mat_cells(images)})
+    masks = mat_cells(nuclei)
     scipy.io.savemat(tmp_path / "isbi_train_GT.mat", {"train_Nuclei": masks, "train_Cytoplasm": masks})
     refs = discover(tmp_path / "isbi_train.mat", tmp_path / "isbi_train_GT.mat")
     assert [r.name for r in refs] == ["isbi_train_000", "isbi_train_001", "isbi_train_002"]
@@ -121,8 +113,8 @@ def test_mat_v5_cell_arrays(tmp_path: Path, mat_arrays):
 def test_the_challenge_synthetic_set_is_flagged_as_built_from_the_real_fields(tmp_path: Path, mat_arrays, key,
                                                                                 warned):
     images, nuclei = mat_arrays
-    scipy.io.savemat(tmp_path / "set.mat", {"Images": _cells(images)})
-    scipy.io.savemat(tmp_path / "set_GT.mat", {key: _cells(nuclei)})
+    scipy.io.savemat(tmp_path / "set.mat", {"Images": mat_cells(images)})
+    scipy.io.savemat(tmp_path / "set_GT.mat", {key: mat_cells(nuclei)})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         refs = discover(tmp_path / "set.mat", tmp_path / "set_GT.mat")
@@ -146,13 +138,8 @@ def test_mat_v73_hdf5(tmp_path: Path, mat_arrays):
 
 def test_mat_without_masks_or_with_mismatch_is_refused(tmp_path: Path, mat_arrays):
     images, nuclei = mat_arrays
-    cells = np.empty((3, 1), dtype=object)
-    for i in range(3):
-        cells[i, 0] = images[i]
-    short = np.empty((2, 1), dtype=object)
-    short[0, 0], short[1, 0] = nuclei[0], nuclei[1]
-    scipy.io.savemat(tmp_path / "a.mat", {"ISBI_Train": cells})
-    scipy.io.savemat(tmp_path / "a_GT.mat", {"train_Nuclei": short})
+    scipy.io.savemat(tmp_path / "a.mat", {"ISBI_Train": mat_cells(images)})
+    scipy.io.savemat(tmp_path / "a_GT.mat", {"train_Nuclei": mat_cells(nuclei[:2])})
     with pytest.raises(InputError, match="--masks"):
         discover(tmp_path / "a.mat")
     with pytest.raises(InputError, match="2 nucleus annotations for 3 images"):

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from prep.cli import cli
-from tests.conftest import REPO, random_pair, tree_digest, write_edf_folder
+from tests.conftest import REPO, mat_cells, random_pair, tree_digest, write_edf_folder
 
 FAST = ["--tile-size", "256", "--no-progress"]
 
@@ -226,11 +226,10 @@ def test_mat_input_through_the_cli(tmp_path: Path):
     import scipy.io
 
     rng = np.random.default_rng(2)
-    cells, nuclei = np.empty((4, 1), dtype=object), np.empty((4, 1), dtype=object)
-    for i in range(4):
-        image, mask = random_pair(rng, 128, 128)
-        cells[i, 0], nuclei[i, 0] = image[:, :, 0] / 255.0, mask[:, :, 0] > 0
-    scipy.io.savemat(tmp_path / "isbi_train.mat", {"ISBI_Train": cells})
+    pairs = [random_pair(rng, 128, 128) for _ in range(4)]
+    images = mat_cells([image[:, :, 0] / 255.0 for image, _ in pairs])
+    nuclei = mat_cells([mask[:, :, 0] > 0 for _, mask in pairs])
+    scipy.io.savemat(tmp_path / "isbi_train.mat", {"ISBI_Train": images})
     scipy.io.savemat(tmp_path / "isbi_train_GT.mat", {"train_Nuclei": nuclei})
     out = tmp_path / "out"
     result = run_prep("--input", tmp_path / "isbi_train.mat", "--masks", tmp_path / "isbi_train_GT.mat",
