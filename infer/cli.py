@@ -175,6 +175,7 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
     )
     from train.config import ConfigError, load_config
     from train.model import TrainError, config_of_model
+    from train.runs import run_paths
 
     try:
         if (config_path is None) == (model_path is None):
@@ -218,7 +219,8 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
                               f"(first: {unknown[0]})", stacklevel=1)
         output = (output_path or config.infer.output_dir).expanduser()
         check_output(output, [path.parent for path in inputs] + ([gt_dir] if gt_dir is not None else [])
-                     + [truth.parent for truth in (truths.values() if dataset_path is not None else [])])
+                     + [truth.parent for truth in (truths.values() if dataset_path is not None else [])],
+                     kept=[("the model folder", run_paths(config).model_dir), ("the config file", config.path)])
         if output.exists() and not overwrite:
             raise InferError(f"{output} exists (use --overwrite to replace it)")
         from train.model import load_trained  # Keras starts here, once the arguments are known to be good

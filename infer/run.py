@@ -83,9 +83,11 @@ def list_inputs(source: Path) -> list[Path]:
     return images
 
 
-def check_output(output: Path, folders: Sequence[Path]) -> None:
+def check_output(output: Path, folders: Sequence[Path], kept: Sequence[tuple[str, Path]] = ()) -> None:
     """An output folder is never an input: not an existing file, not one of ``folders`` (the inputs' and the
-    ground truth's), not inside one, not holding one. Checked before anything is written or replaced."""
+    ground truth's), not inside one, not holding one; and never what ``kept`` names (what, path: the model folder,
+    the config file), nor a folder holding it, which --overwrite would delete. Checked before anything is written
+    or replaced."""
     if output.exists() and not output.is_dir():
         raise InferError(f"--output {output} is an existing file, not a folder")
     for folder in sorted({Path(f).expanduser().resolve() for f in folders}):
@@ -93,6 +95,11 @@ def check_output(output: Path, folders: Sequence[Path]) -> None:
         if relation:
             raise InferError(f"--output {output} {relation} the input folder {folder}: predictions never go "
                              "where the images (or their ground truth) are; give another --output")
+    for what, path in kept:
+        relation = output_relation(output, path)
+        if relation in ("is", "contains"):  # a folder inside the model's is untidy, not destructive
+            raise InferError(f"--output {output} {relation} {what} {path.expanduser().resolve()}: replacing the "
+                             "output folder would delete it; give another --output")
 
 
 def read_field_edges(path: Path) -> dict[str, tuple[str, ...]]:

@@ -359,6 +359,31 @@ def test_an_output_is_never_the_input_nor_a_file(project: Path, tmp_path: Path):
     assert tree_digest(tmp_path) == before and not (images / "out").exists()
 
 
+def test_overwrite_never_deletes_the_model_or_its_config(project: Path, tmp_path: Path):
+    from tests.conftest import tree_digest
+
+    images = tmp_path / "scans"
+    images.mkdir()
+    (images / "EDF300x300.png").symlink_to(project.parent / "images" / "EDF300x300.png")
+    before = tree_digest(project.parent)
+    models = project.parent / "models"
+    cases = [(["--config", project], models, "is the model folder"),
+             (["--config", project], project.parent, "contains the model folder")]  # --model: its model_dir
+    for source, output, says in cases:
+        result = invoke(*source, "--input", images, "--output", output, "--overwrite", "--no-progress")
+        assert result.exit_code == 1 and "Traceback" not in result.output, (output, result.output)
+        assert f"--output {output} {says} {models.resolve()}" in result.output, result.output
+    config_only = tmp_path / "cfg"
+    config_only.mkdir()
+    (config_only / project.name).write_text(project.read_text().replace('"./models/"', f'"{models}"'))
+    result = invoke("--config", config_only / project.name, "--input", images, "--output", config_only,
+                    "--overwrite", "--no-progress")
+    assert result.exit_code == 1 and "contains the config file" in result.output, result.output
+    assert tree_digest(project.parent) == before and (config_only / project.name).exists()
+    inside = invoke("--config", project, "--input", images, "--output", models / "predictions", "--no-progress")
+    assert inside.exit_code == 0, inside.output  # beside the weights is untidy, not destructive: allowed
+
+
 @pytest.mark.parametrize("flag", ["--overlap", "--threshold", "--min-confidence"])
 def test_nan_options_are_refused(project: Path, tmp_path: Path, flag: str):
     result = invoke("--config", project, flag, "nan", "--output", tmp_path / "out", "--no-progress")
