@@ -137,15 +137,18 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
 def binarise(array: np.ndarray, rule: str = "nonzero") -> np.ndarray:
     """Nucleus mask (bool H×W) from an annotation image by ``rule``.
 
-    ``nonzero``: any non-black pixel; ``half``: brightest channel ≥ 128; ``otsu``: Otsu on the brightest
-    channel; ``blur-otsu``: 3×3 blur then Otsu, the reference project's rule. All are exact on clean 0/255
-    masks except ``blur-otsu``, which rounds corners.
+    ``nonzero``: any non-black pixel, read on the samples as stored (a 16-bit instance-label image's nucleus 7
+    is nucleus, not a grey that rounds to 0 in 8 bits); ``half``: brightest channel ≥ half its range (8-bit
+    128); ``otsu``: Otsu on the brightest channel; ``blur-otsu``: 3×3 blur then Otsu, the reference project's
+    rule. All are exact on clean 0/255 masks except ``blur-otsu``, which rounds corners.
     """
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]  # an opaque alpha channel is not nucleus
+    if rule == "nonzero":
+        return (array > 0).any(axis=2) if array.ndim == 3 else array > 0
     grey = to_uint8(array)
     if grey.ndim == 3:
         grey = grey.max(axis=2)
-    if rule == "nonzero":
-        return grey > 0
     if rule == "half":
         return grey >= 128
     if rule in ("otsu", "blur-otsu"):

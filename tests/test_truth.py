@@ -82,6 +82,19 @@ def test_filled_masks_are_read_exactly_and_never_changed():
     np.testing.assert_array_equal(interpret(ring).mask, ring > 0)
 
 
+def test_instance_labels_and_opaque_rgba_masks_are_read_as_stored(tmp_path: Path):
+    shapes = polygons(seed=7)
+    labels = np.zeros((160, 160), np.uint16)  # a 16-bit instance-label image (infer's labels/, Fiji, QuPath)
+    for index, points in enumerate(shapes):
+        cv2.fillPoly(labels, [points], [7, 200, 1, 65535, 129, 2][index])
+    cv2.imwrite(str(tmp_path / "labels_GT.png"), labels)
+    truth = read_truth(tmp_path / "labels_GT.png")
+    assert truth.form == FILLED and truth.nuclei == len(shapes)  # ids 1, 2, 7 and 129 would round to 8-bit 0 or 1
+    np.testing.assert_array_equal(truth.mask, labels > 0)
+    rgba = np.dstack([(labels > 0).astype(np.uint8) * 255] * 3 + [np.full((160, 160), 255, np.uint8)])
+    np.testing.assert_array_equal(interpret(rgba).mask, labels > 0)  # the opaque alpha is not nucleus
+
+
 def test_nonzero_keeps_outlines_as_drawn_and_outline_fills_them():
     outlines = drawn(polygons())
     np.testing.assert_array_equal(interpret(outlines, "nonzero").mask, outlines > 0)
