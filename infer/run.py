@@ -156,6 +156,11 @@ def dataset_sources(dataset: Path, split: str) -> list[tuple[Path, Path]]:
              if entry.get("split") == split and entry.get("index") is None]
     if not pairs:
         raise InferError(f"{dataset / 'prep.json'}: no PNG source images in split {split!r}")
+    missing = [path for pair in pairs for path in pair if not path.is_file()]
+    if missing:  # before the model loads: a dataset whose sources moved is named, not half-predicted
+        raise InferError(f"{dataset / 'prep.json'}: {len(missing)} source file(s) of split {split!r} not found "
+                         f"(first: {missing[0]}); records made before prep wrote absolute paths name them from the "
+                         "folder prep ran in: run infer from there, or prep the sources again")
     return pairs
 
 

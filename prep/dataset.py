@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import multiprocessing
+import os
 import signal
 import zlib
 from collections import Counter
@@ -218,8 +219,9 @@ def write_dataset(job: PrepJob, progress: Callable[[SourceResult], None] | None 
                 {
                     "source": ref.name,
                     "split": split_of[ref.name],
-                    "image": str(ref.image_path),
-                    "mask": str(ref.mask_path),
+                    # Absolute (links kept as named), so `infer --dataset` finds the sources from any folder.
+                    "image": os.path.abspath(ref.image_path),
+                    "mask": os.path.abspath(ref.mask_path),
                     "index": ref.index,
                     "image_sha256": sha256(ref.image_path),
                     "mask_sha256": sha256(ref.mask_path),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import cv2
@@ -335,6 +336,30 @@ def test_outline_ground_truth_is_filled_and_open_contours_skip_only_their_image(
     rows = read_csv(tmp_path / "open" / "predictions.csv")
     assert {r["file"]: r["status"] for r in rows} == {"EDF300x300.png": "failed", "EDF512x1536.png": "ok"}
     assert "do not close" in next(r["error"] for r in rows if r["status"] == "failed")
+
+
+def test_a_dataset_prepped_from_relative_paths_is_predicted_from_any_folder(project: Path, tmp_path: Path,
+                                                                           monkeypatch):
+    work = tmp_path / "work"
+    (work / "fields").mkdir(parents=True)
+    for name in ("EDF300x300", "EDF901x700"):
+        for suffix in ("", "_GT"):
+            shutil.copy(project.parent / "images" / f"{name}{suffix}.png", work / "fields" / f"{name}{suffix}.png")
+    monkeypatch.chdir(work)
+    prepped = CliRunner().invoke(prep_cli, ["run", "--input", "fields", "--output", "dataset", "--no-augment",
+                                            "--split", "0,0,1", "--no-progress"])
+    assert prepped.exit_code == 0, prepped.output
+    monkeypatch.chdir(tmp_path)
+    result = invoke("--config", project, "--dataset", work / "dataset", "--split", "test", "--output", "scored",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert {r["file"] for r in read_csv(tmp_path / "scored" / "scores.csv")} >= {"EDF300x300.png", "EDF901x700.png"}
+    (work / "fields" / "EDF901x700_GT.png").rename(work / "moved_GT.png")
+    moved = invoke("--config", project, "--dataset", work / "dataset", "--split", "test", "--output", "again",
+                   "--no-progress")
+    assert moved.exit_code == 1 and "Traceback" not in moved.output
+    assert "prep.json: 1 source file(s) of split 'test' not found" in moved.output
+    assert str(work / "fields" / "EDF901x700_GT.png") in moved.output and not (tmp_path / "again").exists()
 
 
 def test_an_output_is_never_the_input_nor_a_file(project: Path, tmp_path: Path):
