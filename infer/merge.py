@@ -1,6 +1,8 @@
 """Merge the outputs of ``infer --shard K/N`` jobs into one folder, as if one run had predicted every input:
-per-image files moved side by side, predictions.csv and nuclei.csv concatenated, scores.csv re-pooled from the
-per-image rows, infer.json listing each shard's record.
+per-image files moved side by side, predictions.csv and nuclei.csv joined in the single run's input order,
+scores.csv re-pooled from the per-image rows, infer.json listing each shard's record. Shards of other models,
+options or compute precision are refused. Pooled counts and the scores made of them (nucleus Dice, object F1)
+equal the single run's; means over images are taken from the per-image rows as written (6 significant digits).
 
     python -m infer.merge --output OUT SHARD_DIR [SHARD_DIR …]
 """
@@ -60,7 +62,32 @@ def check_shards(shards: list[Path]) -> list[dict]:
         missing = sorted(set(range(1, total + 1)) - set(indices))
         raise click.ClickException(f"shards given: {indices} of {total}" + (f"; missing {missing}" if missing else
                                                                              "; one is given twice"))
+    first = records[0]
+    for shard, record in zip(shards[1:], records[1:], strict=True):
+        for what, value in (("weights_sha256", lambda r: r.get("model", {}).get("weights_sha256")),
+                            ("options", lambda r: r.get("options")), ("preset", lambda r: r.get("preset")),
+                            ("compute", lambda r: r.get("compute"))):
+            if value(record) != value(first):
+                raise click.ClickException(f"{shard}: its {what} differ from {shards[0]}'s ({value(record)!r} against "
+                                           f"{value(first)!r}): shards of one run use one model and one set of "
+                                           "options (and, for compute, one precision: give --precision)")
     return records
+
+
+def input_order(shards: list[Path], records: list[dict]) -> dict[str, int]:
+    """Each image's place in the single run: shard K/N predicted inputs K-1, K-1+N, … in its predictions.csv's
+    order (failed images included), so every table can be put back in the order one run writes."""
+    order = {}
+    for shard, record in zip(shards, records, strict=True):
+        index, total = record["shard"]["index"], record["shard"]["of"]
+        for position, row in enumerate(_rows(shard / "predictions.csv")[1]):
+            order[row["file"]] = index - 1 + position * total
+    return order
+
+
+def in_run_order(rows: list[dict], order: dict[str, int]) -> list[dict]:
+    """Rows (one image's rows together, as each shard wrote them) sorted by their image's place; stable."""
+    return sorted(rows, key=lambda row: order.get(row.get("file") or row.get("image") or "", len(order)))
 
 
 def merge(shards: list[Path], output: Path, overwrite: bool = False) -> dict:
@@ -68,6 +95,7 @@ def merge(shards: list[Path], output: Path, overwrite: bool = False) -> dict:
     from train.scores import pool_scores
 
     records = check_shards(shards)
+    order = input_order(shards, records)
     with atomic_output(output, overwrite) as temp:
         seen: dict[str, Path] = {}
         for shard in shards:
@@ -88,7 +116,7 @@ def merge(shards: list[Path], output: Path, overwrite: bool = False) -> dict:
                 if shard_columns != columns:
                     raise click.ClickException(f"{shard / table}: columns differ from the other shards'")
                 rows += shard_rows
-            _write(temp / table, columns, rows)
+            _write(temp / table, columns, in_run_order(rows, order))
         scored = [shard / "scores.csv" for shard in shards if (shard / "scores.csv").is_file()]
         if scored:
             columns, per_image = [], []
@@ -100,7 +128,7 @@ def merge(shards: list[Path], output: Path, overwrite: bool = False) -> dict:
             pooled = pool_scores([{k: v for k, v in row.items() if k in columns} for row in numbers])
             pooled_row = {"file": POOLED_ROW, **{k: (f"{v:.6g}" if isinstance(v, float) else v)
                                                  for k, v in pooled.items()}}
-            _write(temp / "scores.csv", columns, [*per_image, pooled_row])
+            _write(temp / "scores.csv", columns, [*in_run_order(per_image, order), pooled_row])
         failed = [name for record in records for name in record.get("failed", [])]
         summary = {"tool": "infer.merge", "shards": records, "predicted": sum(r.get("predicted", 0) for r in records),
                    "failed": failed}

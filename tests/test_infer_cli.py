@@ -516,11 +516,17 @@ def test_shards_cover_every_input_once_and_merge_into_the_single_run(project: Pa
     single, together = tree_digest(tmp_path / "single"), tree_digest(tmp_path / "merged")
     per_image = {k: v for k, v in single.items() if not k.endswith((".csv", ".json"))}
     assert per_image and {k: together[k] for k in per_image} == per_image  # masks, labels, overlays, GeoJSON
-    by_file = lambda rows: sorted(rows, key=lambda r: (r.get("file") or r.get("image"), r.get("id", "")))  # noqa: E731
-    assert by_file(read_csv(tmp_path / "merged" / "nuclei.csv")) == by_file(read_csv(tmp_path / "single" /
-                                                                                     "nuclei.csv"))
-    pooled = [next(r for r in read_csv(tmp_path / name / "scores.csv") if r["file"] == "POOLED")
-              for name in ("single", "merged")]
+    # The tables in the single run's order (s0 s1 s2 s3 s4, not the shards' s0 s3 s1 s4 s2), row for row.
+    assert read_csv(tmp_path / "merged" / "nuclei.csv") == read_csv(tmp_path / "single" / "nuclei.csv")
+    assert [r["file"] for r in read_csv(tmp_path / "merged" / "predictions.csv")] == [f"s{k}.png" for k in range(5)]
+    scores = [read_csv(tmp_path / name / "scores.csv") for name in ("single", "merged")]
+    assert scores[1][:-1] == scores[0][:-1]
+    pooled = [rows[-1] for rows in scores]
     assert pooled[0]["nucleus_dice"] == pooled[1]["nucleus_dice"] and pooled[0]["object_f1"] == pooled[1]["object_f1"]
+    other = invoke(*common, "--shard", "2/3", "--threshold", "0.6", "--output", tmp_path / "other2")
+    assert other.exit_code == 0, other.output
+    mixed = CliRunner().invoke(merge_main, [str(tmp_path / k) for k in ("shard1", "other2", "shard3")]
+                               + ["--output", str(tmp_path / "mixed")])
+    assert mixed.exit_code == 1 and "other2: its options differ" in mixed.output and not (tmp_path / "mixed").exists()
     bad = invoke(*common, "--shard", "4/3", "--output", tmp_path / "x")
     assert bad.exit_code == 2 and "1 ≤ K ≤ N" in bad.output
