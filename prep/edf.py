@@ -177,6 +177,8 @@ def _hdf5_value(handle, node) -> object:
     back to MATLAB's row/column order."""
     import h5py
 
+    if node.attrs.get("MATLAB_empty"):  # MATLAB stores [] as its dimensions, flagged by this attribute
+        return np.zeros((0, 0))
     value = node[()]
     if h5py.check_dtype(ref=node.dtype) is not None:
         cells = np.empty(value.shape, dtype=object)
@@ -215,15 +217,14 @@ def _entries(value: object) -> list[object]:
     raise ValueError(f"unexpected array of shape {array.shape}")
 
 
-def _merge_masks(entry: object) -> np.ndarray:
-    """A nucleus annotation entry: one mask, or a cell of per-nucleus masks (OR-ed together)."""
+def _merge_masks(entry: object, shape: tuple[int, int]) -> np.ndarray:
+    """A nucleus annotation entry: one mask, or a cell of per-nucleus masks (OR-ed together); an empty entry
+    (``[]`` or a cell of them: an image without nuclei) is an empty mask of the image's ``shape``."""
     array = np.asarray(entry)
     if array.dtype == object:
-        parts = [_merge_masks(cell) for cell in array.ravel() if np.asarray(cell).size]
-        if not parts:
-            raise ValueError("empty cell in nucleus annotations")
-        return np.logical_or.reduce(parts)
-    return array > 0
+        parts = [_merge_masks(cell, shape) for cell in array.ravel() if np.asarray(cell).size]
+        return np.logical_or.reduce(parts) if parts else np.zeros(shape, bool)
+    return array > 0 if array.size else np.zeros(shape, bool)
 
 
 def _pick_key(variables: dict[str, object], wanted: str | None, path: Path, pattern: str | None) -> str:
@@ -294,7 +295,7 @@ def load_source_truth(ref: SourceRef, gt_rule: str = "auto",
             raise ImageReadError(f"{ref.mask_path}: size differs from its image {ref.image_path.name}")
     else:
         # The challenge's MATLAB ground truth holds filled masks (one per nucleus, or one per image).
-        mask = _merge_masks(_entries(mat_variables(ref.mask_path)[ref.mask_key])[ref.index])
+        mask = _merge_masks(_entries(mat_variables(ref.mask_path)[ref.mask_key])[ref.index], image.shape[:2])
         truth = Truth(mask, FILLED, count_nuclei(mask))
     return image, truth
 
@@ -319,10 +320,12 @@ def check_truths(refs: Sequence[SourceRef], gt_rule: str = "auto",
                                      f"{mask.shape[1]}×{mask.shape[0]}, its image ({ref.image_path}, entry "
                                      f"{ref.index + 1}) is {image.shape[1]}×{image.shape[0]}")
                 truth = Truth(mask, FILLED, count_nuclei(mask))
+        except InputError:
+            raise
         except (TruthError, ImageReadError) as err:
             raise InputError(str(err)) from None
         except ValueError as err:  # a .mat entry of an unexpected shape
-            raise InputError(f"{ref.mask_path}: entry {ref.index}: {err}") from None
+            raise InputError(f"{ref.mask_path}: cell {ref.index + 1} of {ref.mask_key}: {err}") from None
         if truth.form == OUTLINE:
             warn(describe(truth, str(ref.mask_path), gt_rule))
         ref = replace(ref, gt_form=truth.form, nuclei=truth.nuclei, nucleus_fraction=truth.nucleus_fraction)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from prep.edf import InputError, discover, load_source
+from prep.edf import InputError, check_truths, discover, load_source
 from prep.imageio import ImageReadError, binarise, read_image
 from tests.conftest import mat_cells, write_edf_folder
 
@@ -83,7 +83,14 @@ def _write_v73(path: Path, key: str, arrays: list[np.ndarray]) -> None:
     """A MATLAB v7.3 file: a 512-byte header, then HDF5 with a cell array stored as object references."""
     with h5py.File(path, "w", userblock_size=512) as handle:
         refs_group = handle.create_group("#refs#")
-        refs = [refs_group.create_dataset(f"r{i}", data=a.T).ref for i, a in enumerate(arrays)]
+        refs = []
+        for i, array in enumerate(arrays):
+            if array.size:
+                refs.append(refs_group.create_dataset(f"r{i}", data=array.T).ref)
+            else:  # MATLAB writes [] as its dimensions with this flag
+                empty = refs_group.create_dataset(f"r{i}", data=np.zeros(2, np.uint64))
+                empty.attrs["MATLAB_empty"] = np.uint8(1)
+                refs.append(empty.ref)
         handle.create_dataset(key, data=np.array([refs], dtype=h5py.ref_dtype))
 
 
@@ -134,6 +141,24 @@ def test_mat_v73_hdf5(tmp_path: Path, mat_arrays):
     image, mask = load_source(refs[2])
     np.testing.assert_array_equal(image[:, :, 2], np.rint(images[2] * 255).astype(np.uint8))
     np.testing.assert_array_equal(mask, nuclei[2])
+
+
+@pytest.mark.parametrize("version", ["v5", "v7.3"])
+def test_an_empty_mat_entry_is_an_image_without_nuclei(tmp_path: Path, mat_arrays, version: str):
+    images, nuclei = mat_arrays
+    images = [np.rint(a * 255).astype(np.uint8) for a in images]
+    nuclei = [nuclei[0].astype(np.uint8), np.zeros((0, 0), np.uint8), nuclei[2].astype(np.uint8)]
+    if version == "v5":
+        scipy.io.savemat(tmp_path / "set.mat", {"ISBI_Train": mat_cells(images)})
+        scipy.io.savemat(tmp_path / "set_GT.mat", {"train_Nuclei": mat_cells(nuclei)})
+    else:
+        _write_v73(tmp_path / "set.mat", "ISBI_Train", images)
+        _write_v73(tmp_path / "set_GT.mat", "train_Nuclei", nuclei)
+    refs = check_truths(discover(tmp_path / "set.mat", tmp_path / "set_GT.mat"))
+    assert [r.nuclei for r in refs][1] == 0 and refs[0].nuclei > 0
+    image, mask = load_source(refs[1])
+    assert mask.shape == image.shape[:2] == (40, 50) and not mask.any()
+    np.testing.assert_array_equal(load_source(refs[2])[1], nuclei[2] > 0)
 
 
 def test_mat_without_masks_or_with_mismatch_is_refused(tmp_path: Path, mat_arrays):
