@@ -40,7 +40,7 @@ def _ring_area(ring: np.ndarray) -> float:
 
 def outline_rings(inside: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[np.ndarray]:
     """Closed rings (k×2 float, x y) of one nucleus's bool crop at ``offset`` (row, column of the crop's corner):
-    the outer outline first, counter-clockwise on screen, then its holes."""
+    the outer outline first, then its holes, turned by RFC 7946's right-hand rule in their own coordinates."""
     from skimage.measure import find_contours
 
     padded = np.pad(inside, 1).astype(np.float32)
@@ -53,9 +53,9 @@ def outline_rings(inside: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[
             ring = np.vstack([ring, ring[:1]])
         rings.append(ring)
     rings.sort(key=lambda ring: -abs(_ring_area(ring)))
-    # Screen coordinates (y down): a positive shoelace area is clockwise on screen; outer rings turn the other way,
-    # holes this way, as QuPath and shapely read them.
-    return [ring if (_ring_area(ring) < 0) == (index == 0) else ring[::-1] for index, ring in enumerate(rings)]
+    # RFC 7946 (GeoJSON): the outer ring counter-clockwise in its x, y (a positive shoelace area, as shapely's
+    # orient() makes it; clockwise on screen, where y points down), holes the other way. QuPath reads either.
+    return [ring if (_ring_area(ring) > 0) == (index == 0) else ring[::-1] for index, ring in enumerate(rings)]
 
 
 def _number(value):

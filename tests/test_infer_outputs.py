@@ -53,7 +53,7 @@ def test_outlines_run_along_pixel_edges_and_enclose_the_nucleus_area():
             outer = rings[0]
             assert np.array_equal(outer[0], outer[-1])
             # the outline's corners cut an eighth of a pixel each: within 2 % of the pixel count (or 2 px)
-            area = -shoelace(outer) - sum(shoelace(hole) for hole in rings[1:])
+            area = shoelace(outer) + sum(shoelace(hole) for hole in rings[1:])  # holes' areas are negative
             assert abs(area - rows.size) <= max(2.0, 0.02 * rows.size), (seed, label_id, area, rows.size)
             assert outer[:, 0].min() >= cols.min() - 1e-9 and outer[:, 0].max() <= cols.max() + 1 + 1e-9
             assert outer[:, 1].min() >= rows.min() - 1e-9 and outer[:, 1].max() <= rows.max() + 1 + 1e-9
@@ -64,8 +64,8 @@ def test_a_nucleus_with_a_hole_gets_an_inner_ring():
     cv2.circle(ring.view(np.uint8), (15, 15), 10, 1, -1)
     cv2.circle(ring.view(np.uint8), (15, 15), 4, 0, -1)
     rings = outline_rings(ring)
-    assert len(rings) == 2 and shoelace(rings[0]) < 0 < shoelace(rings[1])  # outer and hole turn opposite ways
-    assert abs(-shoelace(rings[0]) - shoelace(rings[1]) - ring.sum()) <= 2
+    assert len(rings) == 2 and shoelace(rings[1]) < 0 < shoelace(rings[0])  # RFC 7946: outer positive, hole not
+    assert abs(shoelace(rings[0]) + shoelace(rings[1]) - ring.sum()) <= 2
 
 
 def test_geojson_features_carry_the_ids_and_measurements_of_the_table():
@@ -139,7 +139,7 @@ def test_labels_geojson_and_table_agree_id_for_id_and_pixel_for_pixel(predicted:
             assert ring[0] == ring[-1] and len(ring) >= 4
             xs, ys = [point[0] for point in ring], [point[1] for point in ring]
             assert min(xs) >= 0 and max(xs) <= width and min(ys) >= 0 and max(ys) <= height
-        area = -shoelace(rings[0]) - sum(shoelace(hole) for hole in rings[1:])
+        area = shoelace(rings[0]) + sum(shoelace(hole) for hole in rings[1:])
         pixels = int(by_id[feature["id"]]["area_px"])
         assert abs(area - pixels) <= max(2.0, 0.03 * pixels)
         measured = feature["properties"]["measurements"]
