@@ -174,8 +174,7 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
         read_field_edges,
     )
     from train.config import ConfigError, load_config
-    from train.model import TrainError, config_of_model
-    from train.runs import run_paths
+    from train.model import TrainError, config_of_model, run_paths
 
     try:
         if (config_path is None) == (model_path is None):
