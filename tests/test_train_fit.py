@@ -151,6 +151,69 @@ def test_reduce_lr_on_plateau_gets_the_configured_values(tmp_path: Path, tiny_da
                                           run_paths(config), ([], [])))
 
 
+def test_validation_steps_score_the_same_tiles_every_epoch(tmp_path: Path, tiny_dataset: Path):
+    from train.data import datasets
+
+    config = load_config(make_run(tmp_path, tiny_dataset), ["train.validation_steps=1", "train.batch_size=1"])
+    assert len(list((tiny_dataset / "valid" / "images").iterdir())) > 1  # a stream read on would move to another
+    valid = datasets(config)[1]
+    epochs = [[images.numpy() for images, _ in valid.take(5)] for _ in range(3)]  # afresh each epoch, as Keras does
+    assert [len(batches) for batches in epochs] == [1, 1, 1]
+    assert all(np.array_equal(epochs[0][0], batches[0]) for batches in epochs[1:])
+
+
+def test_replayed_monitors_hold_what_keras_own_monitors_hold_after_the_same_epochs():
+    import keras
+
+    from train.callbacks import replay_monitors
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    rng = np.random.default_rng(4)
+    for trial in range(30):
+        losses = list(np.round(1.0 / (1 + np.arange(12)) + rng.normal(0, 0.08, 12), 4))  # ties and plateaus
+        early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=99)
+        reducer = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=2, cooldown=trial % 3, verbose=0)
+        model.optimizer.learning_rate.assign(0.01)  # each trial cuts it afresh (a rate of 0 is cut no more)
+        for callback in (early, reducer):
+            callback.set_model(model)
+            callback.on_train_begin()
+            for epoch, value in enumerate(losses):
+                callback.on_epoch_end(epoch, {"val_loss": value})
+        state = replay_monitors(losses, 2, 1e-4, trial % 3)
+        assert (state.best, state.best_epoch, state.wait) == (early.best, early.best_epoch, early.wait), trial
+        assert (state.reducer_best, state.reducer_wait, state.reducer_cooldown) == (
+            reducer.best, reducer.wait, reducer.cooldown_counter), trial
+
+
+def test_a_resumed_run_keeps_its_best_weights_unless_an_epoch_beats_them(tmp_path: Path, tiny_dataset: Path):
+    import keras
+
+    from train.config import load_config
+    from train.fit import callbacks_for, run_paths
+
+    config = load_config(make_run(tmp_path, tiny_dataset), ["train.reducer_patience=3"])
+    paths = run_paths(config)
+    paths.log.parent.mkdir(parents=True, exist_ok=True)
+    paths.log.write_text("epoch,loss,val_loss\n0,0.9,0.30\n1,0.8,0.20\n2,0.7,0.25\n3,0.6,0.26\n")
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    chosen = callbacks_for(config, paths, ([], []), resuming=True)
+    monitors = [c for c in chosen if isinstance(c, (keras.callbacks.ModelCheckpoint, keras.callbacks.EarlyStopping,
+                                                    keras.callbacks.ReduceLROnPlateau))]
+    resumed = [c for c in chosen if type(c).__name__ == "ResumedMonitors"]
+    assert len(monitors) == 3 and len(resumed) == 1 and chosen.index(resumed[0]) > max(map(chosen.index, monitors))
+    for callback in [*monitors, *resumed]:  # in list order, as Keras calls them: the monitors reset, then seeded
+        callback.set_model(model)
+        callback.on_train_begin()
+    checkpoint, stopper, reducer = monitors
+    assert checkpoint.best == stopper.best == reducer.best == 0.20 and stopper.wait == 2 and reducer.wait == 2
+    checkpoint._set_monitor_op()
+    assert not checkpoint._is_improvement(0.28, checkpoint.best)  # the killed run's best stays in best.weights.h5
+    fresh = callbacks_for(config, paths, ([], []))
+    assert not any(type(c).__name__ == "ResumedMonitors" for c in fresh)
+
+
 def test_cosine_schedule_decays_the_learning_rate_every_step_and_replaces_the_plateau_reducer(
         tmp_path: Path, tiny_dataset: Path):
     import keras

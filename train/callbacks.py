@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -106,6 +107,63 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if time.monotonic() - self.start > self.seconds:
             self.model.stop_training = True
+
+
+@dataclass(frozen=True)
+class MonitorState:
+    """What the val_loss monitors held after a run's finished epochs: the best value (ModelCheckpoint's and
+    EarlyStopping's), its epoch (0-based), EarlyStopping's wait, and ReduceLROnPlateau's best, wait and cooldown."""
+
+    best: float | None = None
+    best_epoch: int = 0
+    wait: int = 0
+    reducer_best: float | None = None
+    reducer_wait: int = 0
+    reducer_cooldown: int = 0
+
+
+def replay_monitors(val_losses, reducer_patience: int | None = None, reducer_min_delta: float = 1e-4,
+                    reducer_cooldown: int = 0) -> MonitorState:
+    """Keras' val_loss monitors run over ``val_losses`` (one per finished epoch, in order), as their own
+    on_epoch_end rules move them (min mode; EarlyStopping's min_delta 0; a plateau cuts the rate, with min_lr 0
+    it always can, and restarts its wait)."""
+    best, best_epoch, wait = None, 0, 0
+    reducer_best, reducer_wait, cooldown = None, 0, 0
+    for epoch, value in enumerate(val_losses):
+        wait += 1
+        if best is None or value < best:
+            best, best_epoch, wait = value, epoch, 0
+        if reducer_patience is None:
+            continue
+        if cooldown > 0:
+            cooldown, reducer_wait = cooldown - 1, 0
+        if reducer_best is None or value + reducer_min_delta < reducer_best:
+            reducer_best, reducer_wait = value, 0
+        elif cooldown == 0:
+            reducer_wait += 1
+            if reducer_wait >= reducer_patience:
+                cooldown, reducer_wait = reducer_cooldown, 0
+    return MonitorState(best, best_epoch, wait, reducer_best, reducer_wait, cooldown)
+
+
+class ResumedMonitors(keras.callbacks.Callback):
+    """A resumed run's val_loss monitors start where the interrupted run left them, not afresh: otherwise its
+    first epoch would replace the best weights whatever it scores, and early stopping and the plateau rule would
+    wait from zero. Listed after the monitors, whose on_train_begin resets them first."""
+
+    def __init__(self, state: MonitorState, checkpoint, early_stopping, reducer=None):
+        super().__init__()
+        self.state, self.checkpoint, self.early_stopping, self.reducer = state, checkpoint, early_stopping, reducer
+
+    def on_train_begin(self, logs=None):
+        if self.state.best is None:
+            return
+        self.checkpoint.best = self.state.best
+        self.early_stopping.best, self.early_stopping.best_epoch = self.state.best, self.state.best_epoch
+        self.early_stopping.wait = self.state.wait
+        if self.reducer is not None:
+            self.reducer.best, self.reducer.wait = self.state.reducer_best, self.state.reducer_wait
+            self.reducer.cooldown_counter = self.state.reducer_cooldown
 
 
 def cosine_factor(progress: float, floor: float = 0.01) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 import warnings
 
@@ -23,6 +24,7 @@ from train.runs import (
     finish_output,
     has_backup,
     prepare_output,
+    read_log,
     run_paths,
     write_history,
 )
@@ -146,10 +148,19 @@ def check_backup(paths: RunPaths, config: Config, model, train_images) -> None:
                      f"({'; '.join(problems) or 'no weights saved there'}): {how}")
 
 
-def callbacks_for(config: Config, paths: RunPaths, valid_pairs, extra=(), train_ds=None):
+def callbacks_for(config: Config, paths: RunPaths, valid_pairs, extra=(), train_ds=None, resuming: bool = False):
+    """The run's callbacks; ``resuming``: an interrupted run goes on, so its val_loss monitors start from its log."""
     import keras
 
-    from train.callbacks import CosineDecay, DivergenceGuard, EpochMontage, TimeBudget, WeightAverage
+    from train.callbacks import (
+        CosineDecay,
+        DivergenceGuard,
+        EpochMontage,
+        ResumedMonitors,
+        TimeBudget,
+        WeightAverage,
+        replay_monitors,
+    )
 
     t = config.train
     best = paths.best if t.save_weights_only else paths.best_model
@@ -162,23 +173,33 @@ def callbacks_for(config: Config, paths: RunPaths, valid_pairs, extra=(), train_
                                        recalibration_data=train_ds, save_path=best,
                                        save_weights_only=t.save_weights_only,
                                        state_path=paths.backup / WEIGHT_AVERAGE_STATE))
+    checkpoint = keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=t.save_best_only,
+                                                 save_weights_only=t.save_weights_only)
+    early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.patience,
+                                                   restore_best_weights=False)
     chosen = [
         keras.callbacks.BackupAndRestore(backup_dir=str(paths.backup), delete_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=t.save_best_only,
-                                        save_weights_only=t.save_weights_only),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.patience, restore_best_weights=False),
+        checkpoint,
+        early_stopping,
         *averaging,
         keras.callbacks.CSVLogger(str(paths.log), append=True),
         keras.callbacks.TensorBoard(log_dir=str(paths.model_dir / "logs")),
         DivergenceGuard(),  # stops at a NaN/inf loss; fit then fails and keeps no weights of the run
     ]
+    reducer = None
     if t.lr_schedule == "cosine":
         # With averaging, the rate holds where the cosine is when averaging starts: SWA samples at a constant rate.
         chosen.append(CosineDecay(config.model.learning_rate, total_steps, t.max_train_seconds,
                                   hold_from=1.0 - t.average_weights))
     elif t.learning_rate_reducer:
-        chosen.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=t.reducer_factor,
-                                                        patience=t.reducer_patience, verbose=1))
+        reducer = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=t.reducer_factor,
+                                                    patience=t.reducer_patience, verbose=1)
+        chosen.append(reducer)
+    if resuming and paths.log.is_file():
+        val_losses = [v for v in read_log(paths.log).get("val_loss", []) if math.isfinite(v)]
+        state = (replay_monitors(val_losses, t.reducer_patience, abs(reducer.min_delta), reducer.cooldown)
+                 if reducer is not None else replay_monitors(val_losses))
+        chosen.append(ResumedMonitors(state, checkpoint, early_stopping, reducer))
     if t.epoch_change_infer and t.num_infer_images > 0 and valid_pairs[0]:
         chosen.append(EpochMontage(*montage_tiles(config, valid_pairs[0][: t.num_infer_images],
                                                   valid_pairs[1][: t.num_infer_images]), paths.montage_dir))
@@ -222,7 +243,8 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
                 model.load_weights(str(init_weights))
             if not fresh and has_backup(paths):
                 check_backup(paths, config, model, train_pairs[0])
-        callbacks = callbacks_for(config, paths, valid_pairs, extra_callbacks, train_ds)
+        callbacks = callbacks_for(config, paths, valid_pairs, extra_callbacks, train_ds,
+                                  resuming=not fresh and has_backup(paths))
         try:
             resuming, previous = prepare_output(paths, config, overwrite, fresh)
         except OSError as err:
@@ -241,7 +263,7 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
                 model.summary()
             with strategy.scope() if t.strategy == "multiworker" else contextlib.nullcontext():
                 model.fit(train_ds, validation_data=valid_ds, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
-                          shuffle=False, validation_steps=t.validation_steps, callbacks=callbacks, verbose=verbose)
+                          shuffle=False, callbacks=callbacks, verbose=verbose)
         except Exception:
             # A failure leaves the model an --overwrite run was replacing as it was; a first run keeps its backup/
             # so that running again resumes (a kill -9 cannot clean up: the next run resumes, or with --fresh starts).
