@@ -72,6 +72,9 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[mask]\nrgb_map = {(0,0,0):0,(255,255,255):2}\n", "num_classes"),
     ("[mask]\nrgb_map = {(0,0,0):0,(255,255,255):1,(128,128,128):-2}\n", "[mask] rgb_map"),
     ("[mask]\nrgb_map = {(0,0,0):0,(128,128,128):-1}\n", "num_classes"),  # -1 is no class
+    ("[mask]\nrgb_map = {[0,0,0]:0,(255,255,255):1}\n", "[mask] rgb_map"),  # a list cannot be a key
+    ("[train]\nseed = -1\n", "[train] seed = -1: expected an integer from 0 to 2"),
+    ("[train]\nseed = 4294967296\n", "[train] seed"),
 ])
 def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str):
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
@@ -117,6 +120,9 @@ def test_overrides(tmp_path: Path):
         load_config(path, ["train.nope=1"])
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(path, ["epochs=3"])
+    tuned = write(tmp_path, '[train]\ninit_weights = "base/models"\n')
+    assert load_config(tuned).train.init_weights == (tmp_path / "base" / "models").resolve()
+    assert load_config(tuned, ["train.init_weights=None"]).train.init_weights is None  # its documented default
 
 
 def test_unreadable_configs(tmp_path: Path):

@@ -54,7 +54,7 @@ def model_card(config: Config, weights: Path, summary: dict, train_pairs, valid_
         "weights": weights.name, "weights_sha256": file_sha256(weights),
         "architecture": {**architecture(config), "parameters": parameters},
         "input": {"channels": config.model.image_channels, "color_order": config.image.color_order,
-                  "scaling": "uint8 / 255", "grey": "mean of the image's channels"},
+                  "scaling": "uint8 / 255", "grey": "ITU-R BT.601 luma of RGB (0.299, 0.587, 0.114), rounded"},
         "classes": ["background", "nucleus"][: config.model.num_classes] if config.model.num_classes <= 2
         else [f"class {k}" for k in range(config.model.num_classes)],
         "training_data": {

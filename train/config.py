@@ -28,8 +28,8 @@ class ConfigError(ValueError):
 def _literal(text: str) -> Any:
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return text  # a bare word such as Adam: a string
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: {[0, 0, 0]: 0}
+        return text  # a bare word such as Adam: a string (a key's own parse then names what it expected)
 
 
 def _as_bool(value: Any) -> bool:
@@ -110,6 +110,10 @@ def _as_rgb_map(value: Any) -> dict[tuple[int, int, int], int]:
 
 def _as_optional_int(value: Any) -> int | None:
     return None if value is None else _as_int(value)
+
+
+def _as_optional_str(value: Any) -> str | None:
+    return None if value is None else _as_str(value)
 
 
 def _as_optional_pair(value: Any) -> tuple[int, int] | None:
@@ -234,7 +238,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "steps_per_epoch": Key(_as_optional_int, None, check=_positive),  # None: every tile once per epoch
         "validation_steps": Key(_as_optional_int, None, check=_positive),
         # Ours, beyond the reference:
-        "seed": Key(_as_int, 137),
+        "seed": Key(_as_int, 137, check=lambda v: None if 0 <= v < 2**32 else "an integer from 0 to 2**32 - 1"),
         # auto: mixed precision where it is faster (a GPU; a CPU that computes bfloat16 natively), else float32.
         "mixed_precision": Key(_as_bool_or_auto, False),
         "strategy": Key(_as_choice("default", "mirrored", "multiworker"), "default"),
@@ -256,7 +260,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # Stochastic weight averaging over the last share of the run (0 = off); see train/callbacks.py.
         "average_weights": Key(_as_float, 0.0, check=_fraction),
         # A trained-model folder (model.json beside its weights) to start from: fine-tuning on one's own fields.
-        "init_weights": Key(_as_str, None, path=True),
+        "init_weights": Key(_as_optional_str, None, path=True),
     },
     "valid": {
         "images_dir": Key(_as_str, "../../../dataset/Tiled-EDF-Cervical-Cytology/valid/images/", path=True),
