@@ -201,7 +201,7 @@ def reference_alpha_scale(sigma: float, channels: int = 3) -> float:
     kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
     kernel /= kernel.sum()
     middle = channels // 2
-    weights = [kernel[radius + c - middle] for c in range(channels)]
+    weights = [kernel[radius + c - middle] if abs(c - middle) <= radius else 0.0 for c in range(channels)]  # σ < 1/8
     return float(np.sqrt(np.sum(np.square(weights))))
 
 

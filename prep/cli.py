@@ -103,7 +103,8 @@ def cli() -> None:
               help="Train,valid,test ratios over SOURCE images (never over tiles).")
 @click.option("--augment-splits", default="train", show_default=True,
               help="Splits that get augmented copies: 'train' or 'train,valid' (test never).")
-@click.option("--seed", type=int, default=137, show_default=True, help="Seed of the split and augmentations.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=137, show_default=True,
+              help="Seed of the split and augmentations.")
 @click.option("--hflip/--no-hflip", default=True, show_default=True, help="Horizontal flip.")
 @click.option("--vflip/--no-vflip", default=True, show_default=True, help="Vertical flip.")
 @click.option("--rotations", default="90,180,270", show_default=True, callback=_rotations,
@@ -273,7 +274,8 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
               help="Folder to create in ISBI layout (EDFnnn.png + EDFnnn_GT.png).")
 @click.option("--count", type=click.IntRange(min=1), default=16, show_default=True, help="Number of images.")
 @click.option("--size", type=click.IntRange(min=32), default=1024, show_default=True, help="Image edge.")
-@click.option("--seed", type=int, default=137, show_default=True, help="Seed of the sample: one seed, one sample.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=137, show_default=True,
+              help="Seed of the sample: one seed, one sample.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--progress/--no-progress", default=lambda: sys.stderr.isatty(), show_default="when stderr is a terminal",
               help="Show a progress bar.")

@@ -118,6 +118,15 @@ def test_elastic_strength_matches_the_reference_scale():
     assert 1.0 < rms < 4.0
 
 
+def test_a_tiny_elastic_sigma_smooths_within_one_channel_only():
+    from prep.augment import reference_alpha_scale
+
+    # Under σ = 1/8 the kernel is one sample wide: the middle channel alone, no attenuation (it once indexed past it).
+    assert reference_alpha_scale(0.1) == 1.0 and reference_alpha_scale(8) < 0.1
+    map_x, _ = elastic_map(32, 32, 1, 0.1, np.random.default_rng(0))
+    assert np.isfinite(map_x).all()
+
+
 def test_distortion_largest_displacement_is_size_times_width(tile):
     from prep.augment import distortion_map
 

@@ -174,6 +174,7 @@ BAD_INPUTS = {
     "fade factor nan": (lambda f: f, ["--fade-factors", "nan"], "--fade-factors"),
     "test augmented": (lambda f: f, ["--augment-splits", "train,test"], "--augment-splits"),
     "unknown exclude": (lambda f: f, ["--exclude", "EDF042"], "--exclude EDF042"),
+    "seed negative": (lambda f: f, ["--seed", "-1"], "--seed"),
 }
 
 
