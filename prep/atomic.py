@@ -51,7 +51,8 @@ def clean_stale(out_dir: Path) -> list[Path]:
             warnings.warn(f"{out_dir}: put back the previous output that a killed run left as {entry.name}",
                           stacklevel=2)
         else:
-            shutil.rmtree(entry, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove(entry)
         cleaned.append(entry)
     return cleaned
 
@@ -69,9 +70,17 @@ def publish(temp_dir: Path, out_dir: Path, overwrite: bool) -> None:
         except BaseException:
             old.rename(out_dir)
             raise
-        shutil.rmtree(old)
+        remove(old)
     else:
         temp_dir.rename(out_dir)
+
+
+def remove(path: Path) -> None:
+    """Delete a replaced output: a symbolic link itself (its target is not ours to delete), else the folder."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
 
 
 @contextlib.contextmanager

@@ -88,6 +88,23 @@ def test_a_failing_block_leaves_the_previous_output_as_it_was(tmp_path: Path):
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and len(list(tmp_path.iterdir())) == 1
 
 
+def test_overwriting_an_output_that_is_a_link_replaces_the_link_and_keeps_its_target(tmp_path: Path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "theirs.txt").write_text("kept")
+    out = tmp_path / "out"
+    out.symlink_to(target, target_is_directory=True)
+    with atomic_output(out, overwrite=True) as temp:
+        (temp / "new.txt").write_text("new")
+    assert not out.is_symlink() and sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert (target / "theirs.txt").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "out"]  # no .out.old-PID link left behind
+    gone = dead_pid()
+    (tmp_path / f".out.old-{gone}").symlink_to(target, target_is_directory=True)  # a killed run's, with out there
+    clean_stale(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "out"] and (target / "theirs.txt").exists()
+
+
 # ---------------------------------------------------------------------------------------------- prep
 
 def test_prep_refuses_a_bomb_header_before_decoding(tmp_path: Path):
