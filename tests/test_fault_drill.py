@@ -313,6 +313,14 @@ def test_an_interrupted_overwrite_puts_the_previous_model_back(trained_run: Path
         fit(load_config(run / "train_eval_infer.config"), overwrite=True, verbose=0, extra_callbacks=[FailAtOnce()])
     assert outputs_digest(run) == before
 
+    class CtrlCAtOnce(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt, match="is back in .*models, as it was"):  # Ctrl-C too
+        fit(load_config(run / "train_eval_infer.config"), overwrite=True, verbose=0, extra_callbacks=[CtrlCAtOnce()])
+    assert outputs_digest(run) == before
+
 
 def _interrupted(tmp_path: Path, dataset: Path) -> Path:
     from tests.test_train_fit import Killed

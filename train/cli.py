@@ -67,9 +67,9 @@ def _run(action):
     except OSError as err:  # a folder that cannot be written, a disk that is full: name the path, no traceback
         where = f"{err.filename}: " if err.filename else ""
         raise click.ClickException(f"{where}{err.strerror or err}") from None
-    except KeyboardInterrupt:
-        click.echo("interrupted: the last finished epoch is kept; run the same command to resume (or add --fresh "
-                   "to start again)", err=True)
+    except KeyboardInterrupt as err:
+        click.echo(str(err) or "interrupted: the last finished epoch is kept; run the same command to resume (or add "
+                   "--fresh to start again)", err=True)
         sys.exit(130)
 
 

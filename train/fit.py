@@ -18,6 +18,7 @@ from train.model import BFLOAT16_CPU_FLAGS, PRECISIONS, build_model, compile_mod
 from train.runs import (
     RUN_RECORD,
     WEIGHT_AVERAGE_STATE,
+    RunInterrupted,
     RunPaths,
     TrainError,
     check_writable,
@@ -264,11 +265,15 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
             with strategy.scope() if t.strategy == "multiworker" else contextlib.nullcontext():
                 model.fit(train_ds, validation_data=valid_ds, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch,
                           shuffle=False, callbacks=callbacks, verbose=verbose)
-        except Exception:
-            # A failure leaves the model an --overwrite run was replacing as it was; a first run keeps its backup/
-            # so that running again resumes (a kill -9 cannot clean up: the next run resumes, or with --fresh starts).
+        except BaseException as err:
+            # A failure or a Ctrl-C leaves the model an --overwrite run was replacing as it was; a first run keeps
+            # its backup/ so that running again resumes (a kill -9 cannot clean up: the next run resumes, or with
+            # --fresh starts).
             if previous.model_dir is not None:
                 finish_output(paths, previous, succeeded=False)
+                if isinstance(err, KeyboardInterrupt):
+                    raise RunInterrupted(f"interrupted: the model this --overwrite run was replacing is back in "
+                                         f"{paths.model_dir}, as it was; the interrupted run is not kept") from None
             raise
         seconds = time.monotonic() - start
     finally:

@@ -23,6 +23,10 @@ WEIGHT_AVERAGE_STATE = "weight_average.npz"  # in BACKUP_DIR: an interrupted run
 RUN_RECORD = "run.json"  # in BACKUP_DIR: what the run started on (its training tiles), to check a resume against
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A Ctrl-C after which the previous model was put back; its message says so."""
+
+
 class TrainError(RuntimeError):
     """A problem the user can fix (data, model files); the message names it."""
 
