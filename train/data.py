@@ -423,11 +423,8 @@ def datasets(config: Config, with_validation: bool = True):
         valid_pairs = pairs(config, "valid")
         check_masks(valid_pairs[1], config.mask.rgb_map)
         check_sizes(*valid_pairs, config.image_size)
-        valid_ds = make_dataset(*valid_pairs, batch_size=t.batch_size, shuffle=False, seed=t.seed, repeat=False,
-                                **common)
-        if t.validation_steps is not None:
-            # The same first batches every epoch: a repeated stream read on would score another slice each epoch,
-            # and the best epoch, early stopping and the plateau rule would compare losses of different tiles.
+        valid_ds = make_dataset(*valid_pairs, batch_size=t.batch_size, shuffle=False, seed=t.seed, **common)
+        if t.validation_steps is not None:  # the same first batches every epoch, so epochs compare like with like
             valid_ds = valid_ds.take(t.validation_steps)
     return train_ds, valid_ds, (train_images, train_masks), valid_pairs
 
