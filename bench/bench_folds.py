@@ -299,7 +299,8 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
             from bench_peer import bench_peer
 
             summary["stardist"] = bench_peer(fold_dir / "train", fold_dir / "test", out / f"fold{fold['fold']}" /
-                                             "stardist", config)
+                                             "stardist", config,
+                                             seconds=peer_budget(config, overrides, summary["train_seconds"]))
         summaries.append({**fold, **summary, "code": code_version()})
         _write_json(finished, summaries[-1])
         echo(fold_line(summaries[-1]))
@@ -319,6 +320,14 @@ def bench_folds(data: Path, out: Path, folds: int, config: Path, overrides: list
     # The printed JSON, kept beside the folds: a run is worth a row in bench/results/loso_runs.csv.
     _write_json(out / "summary.json", combined)
     return combined
+
+
+def peer_budget(config: Path, overrides: Sequence[str], train_seconds: float) -> float:
+    """StarDist's wall clock beside a fold: ours, as the --set overrides make it (max_train_seconds), or, for a run
+    budgeted in steps, the seconds our fold actually trained."""
+    from train.config import load_config
+
+    return load_config(config, overrides).train.max_train_seconds or float(train_seconds)
 
 
 @click.command()

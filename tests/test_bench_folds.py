@@ -16,7 +16,16 @@ from tests.test_bench_real import TINY
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_folds import ERROR_CROP, combine, error_crops, fold_line, main, montage, short_budget_warning  # noqa: E402
+from bench_folds import (  # noqa: E402
+    ERROR_CROP,
+    combine,
+    error_crops,
+    fold_line,
+    main,
+    montage,
+    peer_budget,
+    short_budget_warning,
+)
 from make_folds import main as make_folds_main  # noqa: E402
 from make_folds import make_field_folds, make_folds  # noqa: E402
 
@@ -290,3 +299,11 @@ def test_an_ignored_line_without_its_class_is_refused_before_the_folds_are_writt
                                        "--prep-flags", "--gt-rule auto-ignore-line"])
     assert result.exit_code == 1 and "(128,128,128):-1" in result.output, result.output
     assert not out.exists() or not any(out.iterdir())  # no folds, no run record to --resume
+
+
+def test_the_peer_gets_our_budget_as_the_overrides_make_it():
+    config = REPO / "configs" / "bench_cpu.config"
+    shipped = peer_budget(config, [], 851.7)
+    assert shipped == 840 and peer_budget(config, ["train.max_train_seconds=600"], 612.0) == 600
+    steps = ["train.max_train_seconds=None", "train.epochs=100"]
+    assert peer_budget(config, steps, 1234.5) == 1234.5  # a step budget: the seconds our fold trained
