@@ -88,7 +88,8 @@ def _finite(ctx, param, value):
               help=f"Default settings: recommended = {preset_text('recommended')} (measured on whole ISBI fields); "
                    f"bare = {preset_text('bare')} (the reference's). Any flag below overrides its preset value.")
 @click.option("--tta/--no-tta", default=None, show_default="by --preset",
-              help="Average the 4 flips (4× the prediction cost; --tta-mode 8 for all 8 rotations/flips, 8×).")
+              help="Average flipped views of each image (--tta-mode: the recommended preset's 2, the mirror image, "
+                   "costs 2×; bare's 4, the flips, 4×; 8, every flip and quarter turn, 8×).")
 @click.option("--tta-mode", type=click.Choice(["2", "4", "8"]), default=None, show_default="by --preset",
               help="With --tta: 2 = identity and its mirror image; 4 = the flips (identity, horizontal, vertical, "
                    "both); 8 = all eight flips and quarter turns.")
@@ -198,6 +199,7 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
                 gt_rule = dataset_gt_rule(dataset_path)
         else:
             inputs = list_inputs(input_path or config.infer.images_dir)
+        every_input = inputs  # --field-edges is checked against all of them, not this shard's
         if shard is not None:
             inputs = shard_of(inputs, *shard)
             if not inputs:
@@ -212,7 +214,7 @@ def cli(config_path: Path | None, model_path: Path | None, overrides, input_path
             if not preset_value(preset, "exclude_border", exclude_border):
                 raise InferError("--field-edges only says where --exclude-border applies: give both")
             field_edges = read_field_edges(field_edges_path)
-            unknown = sorted(set(field_edges) - {image.name for image in inputs})
+            unknown = sorted(set(field_edges) - {image.name for image in every_input})
             if unknown:
                 warnings.warn(f"{field_edges_path}: {len(unknown)} listed file(s) not among the inputs "
                               f"(first: {unknown[0]})", stacklevel=1)

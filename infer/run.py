@@ -5,6 +5,7 @@ per-nucleus measurements, and scores against ground truth. I/O lives here; the c
 from __future__ import annotations
 
 import csv
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -67,6 +68,8 @@ def list_inputs(source: Path) -> list[Path]:
     if source.is_file():
         if source.suffix.lower() not in IMAGE_SUFFIXES:
             raise InferError(f"--input {source}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+        if source.stem.endswith(GT_SUFFIX):
+            raise InferError(f"--input {source}: a ground-truth file (*{GT_SUFFIX}), not an image to predict")
         return [source]
     if not source.is_dir():
         raise InferError(f"{source}: --input does not exist")
@@ -132,9 +135,12 @@ def read_field_edges(path: Path) -> dict[str, tuple[str, ...]]:
 
 
 def find_truth(gt_dir: Path, image: Path) -> Path | None:
+    """``<stem>_GT.png`` in ``gt_dir``, else ``<stem>.png`` there unless that is the image itself (however the two
+    paths are spelled: the ISBI layout keeps images and ground truth in one folder)."""
     for name in (f"{image.stem}{GT_SUFFIX}.png", f"{image.stem}.png"):
-        if (gt_dir / name).is_file() and (gt_dir / name) != image:
-            return gt_dir / name
+        candidate = gt_dir / name
+        if candidate.is_file() and not (image.exists() and os.path.samefile(candidate, image)):
+            return candidate
     return None
 
 
@@ -190,7 +196,10 @@ def make_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def whole_pass(options: InferOptions, height: int, width: int) -> bool:
-    return options.mode == "whole" and height * width <= options.whole_max_pixels
+    """Whether the image goes through the network in one pass: by the pixels that pass holds (eight views pad a
+    non-square image to a square, for the quarter turns), so the memory bound holds whatever --tta-mode."""
+    pixels = max(height, width) ** 2 if options.tta == 8 else height * width
+    return options.mode == "whole" and pixels <= options.whole_max_pixels
 
 
 def predict_probability(image: np.ndarray, predict_batch, tile: int, options: InferOptions,
@@ -285,14 +294,7 @@ def predict_image(path: Path, rgb: np.ndarray, truth: np.ndarray | None, config:
                   options: InferOptions, probability_out=None, truth_ignore: np.ndarray | None = None) -> ImageResult:
     """One image: probabilities → mask → clean-up → labels → measurements → scores (no file written but the
     streamed ``probability_out``). ``truth_ignore``: pixels scored as neither nucleus nor background."""
-    from infer.measure import (
-        EDGES,
-        clean_mask,
-        drop_unconfident,
-        label_nuclei,
-        measure_nuclei,
-        separate_touching,
-    )
+    from infer.measure import EDGES, drop_unconfident, measure_nuclei, nuclei_of
     from infer.stitch import count_tiles
     from train.scores import score_masks
 
@@ -304,12 +306,10 @@ def predict_image(path: Path, rgb: np.ndarray, truth: np.ndarray | None, config:
     confidence = np.zeros((height, width), np.uint8)
     mask, _ = predict_probability(model_input(rgb, config), predict_batch, tile, tile_options, probability_out,
                                   confidence)
-    mask = clean_mask(mask, options.min_area, options.fill_holes, options.exclude_border,
-                      options.field_edges.get(path.name, EDGES))
-    labels = label_nuclei(mask, options.split_touching)
-    if options.split_touching:  # mask, labels, GeoJSON and table show the same split nuclei
-        labels = separate_touching(labels)
-        mask = labels > 0
+    # mask, labels, GeoJSON and table show the same (with --split-touching, split) nuclei
+    labels = nuclei_of(mask, options.min_area, options.fill_holes, options.exclude_border,
+                       options.field_edges.get(path.name, EDGES), options.split_touching)
+    mask = labels > 0
     if options.min_confidence > 0:
         found = int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
         labels = drop_unconfident(labels, confidence, options.min_confidence)
@@ -401,6 +401,10 @@ def predict_folder(config: Config, model, inputs: Sequence[Path], output: Path, 
                 result.rows.append(image.row)
                 if progress:
                     progress(path)
+            if result.rows and len(result.failures) == len(result.rows):
+                # Nothing predicted (an unmounted share, a wrong folder): an existing output stays as it was.
+                raise InferError(f"none of the {len(result.rows)} input(s) could be read (first: "
+                                 f"{result.rows[0]['error']}); nothing written to {output}")
             if record is not None:
                 import json
 

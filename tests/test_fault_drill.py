@@ -194,6 +194,22 @@ def test_infer_skips_each_bad_file_and_says_why(infer_project: Path, tmp_path: P
     assert {k: v for k, v in tree_digest(tmp_path).items() if not k.startswith("out/")} == before
 
 
+def test_infer_with_no_readable_input_publishes_nothing_and_keeps_the_old_output(infer_project: Path,
+                                                                                   tmp_path: Path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b"):
+        (images / f"{name}.png").write_text("not a picture")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.png").write_bytes(b"a good earlier result")
+    before = tree_digest(tmp_path)
+    result = infer("--config", infer_project, "--input", images, "--output", out, "--overwrite", "--no-progress")
+    assert result.exit_code == 1 and no_traceback(result), result.output
+    assert "none of the 2 input(s) could be read" in result.output and f"nothing written to {out}" in result.output
+    assert tree_digest(tmp_path) == before  # the earlier output as it was, no temp folder left
+
+
 def test_infer_max_pixels_skips_large_images(infer_project: Path, tmp_path: Path):
     images = tmp_path / "images"
     images.mkdir()

@@ -254,6 +254,23 @@ def test_unreadable_image_is_skipped_and_reported(project: Path, tmp_path: Path)
     assert (out / "good.png").is_file() and not (out / "broken.png").exists()
 
 
+def test_an_image_is_never_its_own_ground_truth_nor_a_gt_file_an_input(project: Path, tmp_path: Path,
+                                                                        monkeypatch):
+    from infer.run import InferError, find_truth, list_inputs
+
+    fields = tmp_path / "EDF"
+    fields.mkdir()
+    cv2.imwrite(str(fields / "a.png"), np.full((8, 8), 200, np.uint8))
+    cv2.imwrite(str(fields / "a_GT.png"), np.zeros((8, 8), np.uint8))
+    cv2.imwrite(str(fields / "b.png"), np.full((8, 8), 200, np.uint8))  # no b_GT.png
+    monkeypatch.chdir(tmp_path)
+    assert find_truth(Path("EDF"), fields / "a.png") == Path("EDF") / "a_GT.png"
+    assert find_truth(Path("EDF"), fields / "b.png") is None  # b.png itself, spelled another way, is not its GT
+    assert find_truth(Path("EDF"), tmp_path / "elsewhere" / "b.png") == Path("EDF") / "b.png"  # a GT named as it
+    with pytest.raises(InferError, match="a_GT.png: a ground-truth file"):
+        list_inputs(fields / "a_GT.png")
+
+
 def test_bad_inputs_are_named(project: Path, tmp_path: Path):
     empty = tmp_path / "empty"
     empty.mkdir()

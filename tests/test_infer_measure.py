@@ -426,3 +426,21 @@ def test_drop_unconfident_keeps_exactly_the_nuclei_measure_nuclei_finds_sure_eno
     assert int(kept.max()) == len(sure)
     for new_id, old_id in enumerate(sure, start=1):
         np.testing.assert_array_equal(kept == new_id, labels == old_id)
+
+
+def test_split_touching_nuclei_meet_the_area_and_border_rules_one_by_one():
+    from infer.measure import nuclei_of
+
+    pair = np.zeros((60, 80), np.uint8)
+    cv2.circle(pair, (8, 30), 10, 1, -1)  # cut by the left edge
+    cv2.circle(pair, (30, 30), 12, 1, -1)  # whole, touching it
+    assert nuclei_of(pair > 0, 30, True, True).max() == 0  # one blob: it touches the edge, so all of it goes
+    split = nuclei_of(pair > 0, 30, True, True, split_touching=True)
+    assert split.max() == 1 and split[30, 30] == 1 and not split[:, 0].any()  # the whole nucleus stays
+    small = np.zeros((60, 80), np.uint8)
+    cv2.circle(small, (30, 30), 12, 1, -1)
+    cv2.circle(small, (46, 30), 5, 1, -1)
+    pieces = nuclei_of(small > 0, 0, True, False, split_touching=True)
+    assert pieces.max() == 2 and np.bincount(pieces.ravel())[1:].min() < 200
+    kept = nuclei_of(small > 0, 200, True, False, split_touching=True)
+    assert kept.max() == 1 and kept[30, 30] == 1 and np.bincount(kept.ravel())[1] >= 200

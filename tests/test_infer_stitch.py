@@ -350,3 +350,13 @@ def test_saved_probability_stays_within_0_and_1_when_the_background_rounds_above
                                   confidence)
     assert probability.min() == 0.0 and probability.max() <= 1.0
     assert not mask.any() and not confidence.any()
+
+
+def test_the_whole_pass_bound_counts_the_square_that_eight_views_predict():
+    from infer.run import InferOptions, whole_pass
+
+    bound = 1024 * 1024
+    assert whole_pass(InferOptions(mode="whole", tta=2, whole_max_pixels=bound), 4096, 256)  # 4096 × 256 ≤ 1024²
+    assert not whole_pass(InferOptions(mode="whole", tta=8, whole_max_pixels=bound), 4096, 256)  # padded to 4096²
+    assert whole_pass(InferOptions(mode="whole", tta=8, whole_max_pixels=bound), 1024, 1000)
+    assert not whole_pass(InferOptions(mode="full", tta=0, whole_max_pixels=bound), 10, 10)
