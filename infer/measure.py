@@ -108,6 +108,12 @@ def filter_labels(labels: np.ndarray, min_area: int = 0, exclude_border: bool = 
         for edge in check_edges(field_edges):
             keep[edge_pixels(labels, edge)] = False
     keep[0] = False
+    return keep_labels(labels, keep)
+
+
+def keep_labels(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``labels`` with only the ids where ``keep`` (bool, one per id, 0 included) holds, renumbered 1, 2, … in their
+    old order: nuclei.csv's ids stay consecutive."""
     renumber = np.zeros(keep.size, labels.dtype)
     renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
     return renumber[labels]
@@ -300,9 +306,7 @@ def drop_unconfident(labels: np.ndarray, probability: np.ndarray, min_confidence
     if probability.dtype == np.uint8:
         mean /= 255.0
     keep = (count > 0) & (mean >= min_confidence)  # the background (id 0) counts no pixel: never kept
-    renumber = np.zeros(keep.size, labels.dtype)
-    renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
-    return renumber[labels]
+    return keep_labels(labels, keep)
 
 
 def _grey_values(image: np.ndarray, flat_index: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
