@@ -332,8 +332,8 @@ def write_image(folder: Path, result: ImageResult, rgb: np.ndarray, options: Inf
     """Every per-image output of ``result``: mask, labels, GeoJSON, overlay (drawn on ``rgb`` itself: its last use)."""
     import json
 
-    from infer.measure import draw_overlay
     from infer.outputs import label_image, nuclei_geojson
+    from infer.overlay import draw_overlay
 
     stem = result.path.stem
     write_png(folder / f"{stem}.png", result.mask.astype(np.uint8) * 255)

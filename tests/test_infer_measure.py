@@ -15,12 +15,12 @@ from scipy import ndimage
 from infer.measure import (
     MEASUREMENT_COLUMNS,
     clean_mask,
-    draw_overlay,
     drop_unconfident,
     label_means,
     label_nuclei,
     measure_nuclei,
 )
+from infer.overlay import draw_overlay
 from tests.conftest import REAL
 
 EDF100 = REAL / "isbi" / "EDF" / "EDF100.png"

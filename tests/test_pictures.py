@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from infer.measure import LEGEND_MIN_WIDTH, draw_overlay
+from infer.overlay import LEGEND_MIN_WIDTH, draw_overlay
 from prep.stats import plot_stats
 
 
