@@ -47,7 +47,7 @@ help:
 	@echo "make bench-gpu-folds  bench and reference models on the whole-field folds, any Keras backend (GPU work)"
 	@echo "make bench-real TRAIN_EDF=DIR TEST_EDF=DIR  train ≤15 min on CPU, score unseen images (last line: JSON)"
 	@echo "make bench-folds [FIELDS=DIR | TILES=DIR] [FOLDS=5] [OUT=DIR [RESUME=1]]  bench-real on every fold (JSON)"
-	@echo "make bench-peer TRAIN_EDF=DIR TEST_EDF=DIR  StarDist 2D beside our model, same fields and budget (JSON)"
+	@echo "make bench-peer TRAIN_EDF=DIR TEST_EDF=DIR  StarDist 2D beside our model, same budget and fields, one kept for its thresholds (JSON)"
 	@echo "make bench-runs  every recorded fold run (tile and whole-field records): mean and spread per variant"
 	@echo "make lint      ruff"
 
@@ -188,7 +188,7 @@ bench-folds: $(STAMP) $(if $(filter 1 yes true,$(PEER)),$(PEER_STAMP),)
 		$(if $(VALID_ON),--valid-on $(VALID_ON),) $(if $(filter 1 yes true,$(RESUME)),--resume,) \
 		$(if $(ONLY_FOLDS),--only-folds $(ONLY_FOLDS),) $(bench_prep_flag)
 
-# StarDist 2D beside our model on TRAIN_EDF → TEST_EDF, same fields and budget (about 30 minutes on 2 cores);
+# StarDist 2D beside our model on TRAIN_EDF → TEST_EDF, same budget and fields (one kept for its thresholds; ~30 min);
 # PEER_ONLY=1 trains StarDist alone. make bench-folds PEER=1 runs both on every fold.
 bench-peer: $(STAMP) $(PEER_STAMP)
 	@test -n "$(TRAIN_EDF)" -a -n "$(TEST_EDF)" || { echo "usage: make bench-peer TRAIN_EDF=DIR TEST_EDF=DIR [OUT=DIR] [PEER_ONLY=1]" >&2; exit 2; }
