@@ -87,13 +87,21 @@ def clean_mask(mask: np.ndarray, min_area: int = 0, fill_holes: bool = False,
         _, components, stats, _ = cv2.connectedComponentsWithStats(
             binary.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
         )
-        keep = stats[:, cv2.CC_STAT_AREA] >= min_area  # a lookup per label: one pass over the pixels
-        keep[0] = False
-        if exclude_border:
-            for edge in check_edges(field_edges):
-                keep[edge_pixels(components, edge)] = False
-        binary = keep[components]
+        # a lookup per label: one pass over the pixels
+        binary = _kept_ids(components, stats[:, cv2.CC_STAT_AREA], min_area, exclude_border, field_edges)[components]
     return binary
+
+
+def _kept_ids(labels: np.ndarray, areas: np.ndarray, min_area: int, exclude_border: bool,
+              field_edges: Collection[str]) -> np.ndarray:
+    """Per id (0 = background, never kept): is its area at least ``min_area`` and, with ``exclude_border``, does it
+    touch none of ``field_edges``."""
+    keep = areas >= min_area
+    if exclude_border:
+        for edge in check_edges(field_edges):
+            keep[edge_pixels(labels, edge)] = False
+    keep[0] = False
+    return keep
 
 
 def filter_labels(labels: np.ndarray, min_area: int = 0, exclude_border: bool = False,
@@ -103,12 +111,8 @@ def filter_labels(labels: np.ndarray, min_area: int = 0, exclude_border: bool = 
     labels = np.asarray(labels)
     if labels.size == 0 or int(labels.max()) == 0:
         return labels.copy()
-    keep = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1) >= min_area
-    if exclude_border:
-        for edge in check_edges(field_edges):
-            keep[edge_pixels(labels, edge)] = False
-    keep[0] = False
-    return keep_labels(labels, keep)
+    areas = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
+    return keep_labels(labels, _kept_ids(labels, areas, min_area, exclude_border, field_edges))
 
 
 def keep_labels(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
