@@ -62,16 +62,21 @@ def check_shards(shards: list[Path]) -> list[dict]:
         missing = sorted(set(range(1, total + 1)) - set(indices))
         raise click.ClickException(f"shards given: {indices} of {total}" + (f"; missing {missing}" if missing else
                                                                              "; one is given twice"))
-    first = records[0]
+    expected = run_settings(records[0])
     for shard, record in zip(shards[1:], records[1:], strict=True):
-        for what, value in (("weights_sha256", lambda r: r.get("model", {}).get("weights_sha256")),
-                            ("options", lambda r: r.get("options")), ("preset", lambda r: r.get("preset")),
-                            ("compute", lambda r: r.get("compute"))):
-            if value(record) != value(first):
-                raise click.ClickException(f"{shard}: its {what} differ from {shards[0]}'s ({value(record)!r} against "
-                                           f"{value(first)!r}): shards of one run use one model and one set of "
+        for what, value in run_settings(record).items():
+            if value != expected[what]:
+                raise click.ClickException(f"{shard}: its {what} differ from {shards[0]}'s ({value!r} against "
+                                           f"{expected[what]!r}): shards of one run use one model and one set of "
                                            "options (and, for compute, one precision: give --precision)")
     return records
+
+
+def run_settings(record: dict) -> dict:
+    """What must be the same in every shard of one run (from its infer.json): the weights, the options, the preset
+    and the precision the model computed in."""
+    return {"weights_sha256": record.get("model", {}).get("weights_sha256"), "options": record.get("options"),
+            "preset": record.get("preset"), "compute": record.get("compute")}
 
 
 def input_order(shards: list[Path], records: list[dict]) -> dict[str, int]:
