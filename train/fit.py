@@ -242,10 +242,10 @@ def fit(config: Config, overwrite: bool = False, verbose: int | str = "auto", ex
             compile_model(model, config)
             if init_weights is not None:  # a resumed run's backup replaces these at the first epoch
                 model.load_weights(str(init_weights))
-            if not fresh and has_backup(paths):
+            resumable = not fresh and has_backup(paths)
+            if resumable:
                 check_backup(paths, config, model, train_pairs[0])
-        callbacks = callbacks_for(config, paths, valid_pairs, extra_callbacks, train_ds,
-                                  resuming=not fresh and has_backup(paths))
+        callbacks = callbacks_for(config, paths, valid_pairs, extra_callbacks, train_ds, resuming=resumable)
         try:
             resuming, previous = prepare_output(paths, config, overwrite, fresh)
         except OSError as err:
