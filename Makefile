@@ -150,8 +150,8 @@ bench-infer: $(STAMP)
 bench-gpu: $(STAMP)
 	$(BIN)/python bench/bench_gpu.py $(if $(TILES),--tiles $(TILES),)
 
-# The whole-field folds on any Keras backend, numpy input (no tf.data): issue 29's GPU run. MODELS: --model specs
-# separated by | (bench/bench_gpu_folds.py --help). On a lent GPU machine without TensorFlow: make device-pack here,
+# The whole-field folds on any Keras backend, numpy input (no tf.data): issue 29's GPU run. GPU_MODELS: --model
+# specs separated by | (bench/bench_gpu_folds.py --help). On a lent GPU machine without TensorFlow: make device-pack here,
 # then bash bench/device_folds.sh there (carry .device).
 GPU_MODELS ?= configs/bench_cpu.config steps=5000|configs/edf_cervical.config seconds=45 folds=0,1,2 train.batch_size=8
 bench-gpu-folds: $(STAMP)

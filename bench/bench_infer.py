@@ -91,17 +91,17 @@ def stitched_vs_bare(model, image: np.ndarray) -> dict:
 # The settings a whole 1024² field is timed at: bench-real's shipped infer flags first (field_1024_s), then the
 # alternatives side by side, each timed through infer's per-image core (predict, clean, label, measure).
 FIELD_VARIANTS = {
-    "tiles_tta8": "--mode full --tta --tta-mode 8",
-    "tiles_tta4": "--mode full --tta --tta-mode 4",
-    "tiles_tta0": "--mode full --no-tta",
-    "tiles_overlap0_tta0": "--mode full --no-tta --overlap 0",
-    "whole_tta8": "--mode whole --tta --tta-mode 8",
-    "whole_tta4": "--mode whole --tta --tta-mode 4",
-    "whole_tta2": "--mode whole --tta --tta-mode 2",
-    "whole_tta0": "--mode whole --no-tta",
+    "tiles_tta8": "--mode full --tta --tta-mode 8 --precision float32",
+    "tiles_tta4": "--mode full --tta --tta-mode 4 --precision float32",
+    "tiles_tta0": "--mode full --no-tta --precision float32",
+    "tiles_overlap0_tta0": "--mode full --no-tta --overlap 0 --precision float32",
+    "whole_tta8": "--mode whole --tta --tta-mode 8 --precision float32",
+    "whole_tta4": "--mode whole --tta --tta-mode 4 --precision float32",
+    "whole_tta2": "--mode whole --tta --tta-mode 2 --precision float32",
+    "whole_tta0": "--mode whole --no-tta --precision float32",
     "whole_tta4_bf16": "--mode whole --tta --tta-mode 4 --precision bfloat16",
     "whole_tta2_bf16": "--mode whole --tta --tta-mode 2 --precision bfloat16",
-    "whole_tta4_xla": "--mode whole --tta --tta-mode 4 --xla",
+    "whole_tta4_xla": "--mode whole --tta --tta-mode 4 --xla --precision float32",
 }
 POST_FLAGS = "--min-area 30 --fill-holes --exclude-border"  # bench-real's clean-up, the same in every variant
 

@@ -79,7 +79,8 @@ def _finite(ctx, param, value):
                    "file needed; give --input and --output.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config key.")
 @click.option("--input", "input_path", type=click.Path(path_type=Path),
-              help="Image file or folder (default: [infer] images_dir). *_GT files are skipped.")
+              help="Image file or folder (default: [infer] images_dir). *_GT files are skipped in a folder and refused "
+                   "as a single file.")
 @click.option("--output", "output_path", type=click.Path(path_type=Path),
               help="Output folder (default: [infer] output_dir).")
 @click.option("--overlap", type=click.FloatRange(0, 0.9), default=0.25, show_default=True, callback=_finite,

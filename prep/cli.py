@@ -95,6 +95,7 @@ def cli() -> None:
                    "closed nucleus outlines (EDF000–003) filled, with a warning; auto-interior: as auto, but an "
                    "outline's own line (about a pixel outside the nucleus's edge) is left out; outline: fill every "
                    "contour; "
+                   "auto-ignore-line: as auto-interior, the line written as 128 (neither class, left out of the loss); "
                    "nonzero: any non-black pixel, never filled; half: ≥128; otsu; blur-otsu (the reference's).")
 @click.option("--tile-size", type=int, default=512, show_default=True, help="Tile edge in pixels.")
 @click.option("--skip-empty/--keep-empty", default=True, show_default=True,
@@ -271,7 +272,7 @@ def run_command(input_path: Path, output_path: Path, masks_path: Path | None, ex
 
 @cli.command("synth")
 @click.option("--output", "output_path", required=True, type=click.Path(path_type=Path),
-              help="Folder to create in ISBI layout (EDFnnn.png + EDFnnn_GT.png).")
+              help="Folder to create in ISBI layout (SYNnnn.png + SYNnnn_GT.png).")
 @click.option("--count", type=click.IntRange(min=1), default=16, show_default=True, help="Number of images.")
 @click.option("--size", type=click.IntRange(min=32), default=1024, show_default=True, help="Image edge.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=137, show_default=True,
