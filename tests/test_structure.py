@@ -103,6 +103,21 @@ def test_evaluate_and_infer_see_only_the_train_wings_faces():
             assert used <= TRAIN_FACES[consumer], (name, sorted(used - TRAIN_FACES[consumer]))
 
 
+# What train and infer may use of prep (docs/design.md §1): train its image conventions, console and checksums; infer
+# also its GT reading and atomic output folders. Tiling, augmentation and the dataset writer stay prep's own.
+PREP_FACES = {"train": {"prep.imageio", "prep.console", "prep.edf"},
+              "infer": {"prep.imageio", "prep.console", "prep.edf", "prep.truth", "prep.atomic"}}
+
+
+def test_train_and_infer_see_only_preps_faces():
+    known = set(modules())
+    for name, path in modules().items():
+        wing = name.split(".")[0]
+        if wing in PREP_FACES:
+            used = {t for t in imports_of(path, known) if t.startswith("prep.")}
+            assert used <= PREP_FACES[wing], (name, sorted(used - PREP_FACES[wing]))
+
+
 def test_the_face_check_sees_a_lazy_private_import(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("import os\n\n\ndef f():\n    from train.runs import run_paths\n")
