@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -44,6 +45,19 @@ def record_row(summary: dict, variant: str, code: str, date: str) -> dict:
             **{key: value for key, value in means.items() if value is not None}}
 
 
+SLUG_CHARS = 100  # a file name stays far under the 255 bytes file systems allow, whatever the variant says
+
+
+def variant_slug(variant: str) -> str:
+    """The variant as a file-name part: lower-case words joined by '-', a long one cut at a word and told apart
+    from others that start alike by a hash of the whole text."""
+    slug = re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-")
+    if len(slug) <= SLUG_CHARS:
+        return slug
+    cut = slug[:SLUG_CHARS].rsplit("-", 1)[0]
+    return f"{cut}-{hashlib.sha1(variant.encode()).hexdigest()[:8]}"
+
+
 def append(row: dict, summary: dict, record: Path = RECORD) -> Path:
     """Append ``row`` (a new field column is refused: the record's columns are its first run's) and write the JSON."""
     rows = []
@@ -56,8 +70,7 @@ def append(row: dict, summary: dict, record: Path = RECORD) -> Path:
     if any(old["code"] == row["code"] and old["variant"] == row["variant"] and old["date"] == row["date"]
            for old in rows):
         raise ValueError(f"{record}: {row['date']} {row['code']} {row['variant']!r} is on record already")
-    slug = re.sub(r"[^a-z0-9]+", "-", row["variant"].lower()).strip("-")
-    target = record.parent / f"fields_{row['date']}_{row['code']}_{slug}.json"
+    target = record.parent / f"fields_{row['date']}_{row['code']}_{variant_slug(row['variant'])}.json"
     target.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     with record.open("a" if rows else "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")

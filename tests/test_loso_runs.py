@@ -130,6 +130,19 @@ def test_a_whole_field_run_goes_on_record_once_and_sums_up(tmp_path: Path):
         record_row({"nucleus_dice": 0.9}, "default", "x", "2026-12-01")
 
 
+def test_a_long_variant_still_makes_a_file_name_and_two_alike_stay_apart(tmp_path: Path):
+    from record_run import append, record_row
+
+    summary = {"images": {"EDF000.png": {"nucleus_dice": 0.9, "fold": 0}}, "nucleus_dice": 0.9, "f1": 0.95}
+    record = tmp_path / "fields_runs.csv"
+    long = "hard-pixel cross-entropy (--set model.loss=dice_hard_ce; pale copies, SYNTH=0), " * 4
+    first = append(record_row(summary, long + "seed 137", "abc1234", "2026-12-08"), summary, record)
+    second = append(record_row(summary, long + "seed 138", "abc1234", "2026-12-08"), summary, record)
+    assert first != second and first.is_file() and second.is_file()
+    assert all(len(path.name.encode()) < 160 for path in (first, second))
+    assert first.name.startswith("fields_2026-12-08_abc1234_hard-pixel-cross-entropy-set-model-loss")
+
+
 def test_one_bench_real_run_over_whole_fields_goes_on_record_too():
     from record_run import record_row
 
