@@ -6,7 +6,8 @@ bacteria-like fine texture; at most one textured dark nucleus per cell; and dark
 nucleus (specks, fibres, elongated bits, small round inflammatory cells), so a model has to learn nucleus
 size and texture rather than "dark = nucleus". Deterministic given the numpy Generator.
 
-The pure core is :func:`synth_field`; :func:`write_sample` writes ``SYNnnn.png`` / ``SYNnnn_GT.png`` pairs (never a real field's name).
+The pure core is :func:`synth_field`; :func:`write_sample` writes ``SYNnnn.png`` / ``SYNnnn_GT.png`` pairs (never
+a real field's name).
 """
 
 from __future__ import annotations
