@@ -90,16 +90,16 @@ TRAIN_FACES = {"infer": {"train.config", "train.model", "train.scores"},
                "train.evaluate": {"train.config", "train.model", "train.scores", "train.data"}}
 
 
-def train_modules_used(path: Path) -> set[str]:
-    """The train modules ``path`` imports (``from train.x import y`` and ``import train.x`` alike)."""
-    return {name for name in imports_of(path, set(modules())) if name.startswith("train.")}
+def modules_used(path: Path, wing: str) -> set[str]:
+    """The modules of ``wing`` that ``path`` imports (``from train.x import y`` and ``import train.x`` alike)."""
+    return {name for name in imports_of(path, set(modules())) if name.startswith(f"{wing}.")}
 
 
 def test_evaluate_and_infer_see_only_the_train_wings_faces():
     for name, path in modules().items():
         consumer = "infer" if name.startswith("infer.") else name
         if consumer in TRAIN_FACES:
-            used = train_modules_used(path)
+            used = modules_used(path, "train")
             assert used <= TRAIN_FACES[consumer], (name, sorted(used - TRAIN_FACES[consumer]))
 
 
@@ -110,18 +110,17 @@ PREP_FACES = {"train": {"prep.imageio", "prep.console", "prep.edf"},
 
 
 def test_train_and_infer_see_only_preps_faces():
-    known = set(modules())
     for name, path in modules().items():
         wing = name.split(".")[0]
         if wing in PREP_FACES:
-            used = {t for t in imports_of(path, known) if t.startswith("prep.")}
+            used = modules_used(path, "prep")
             assert used <= PREP_FACES[wing], (name, sorted(used - PREP_FACES[wing]))
 
 
 def test_the_face_check_sees_a_lazy_private_import(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("import os\n\n\ndef f():\n    from train.runs import run_paths\n")
-    assert train_modules_used(module) == {"train.runs"}
+    assert modules_used(module, "train") == {"train.runs"}
 
 
 def test_every_option_of_every_command_says_what_it_does():
